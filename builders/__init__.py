@@ -1,0 +1,1 @@
+"""builders: plan layouts for a checkpoint on a hardware target and build engines for them."""

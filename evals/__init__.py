@@ -1,0 +1,1 @@
+"""evals: quality (lm-eval vs the reference checkpoint), latency (Poisson load) and gates."""

@@ -1,0 +1,1 @@
+"""flows: Prefect flows that orchestrate builders, evals, registry and serving."""

