@@ -9,6 +9,7 @@ polling the mirror through ``HF_ENDPOINT``, that is a new model revision droppin
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -25,6 +26,7 @@ from onramp.errors import MirrorError
 log = logging.getLogger(__name__)
 
 OLAH_VERSION = "0.5.4"
+LFS_THRESHOLD = 1 << 20  # files this large are stored as git-lfs objects, as the Hub does
 _GIT = ["git", "-c", "user.name=onramp", "-c", "user.email=onramp@localhost", "-c", "commit.gpgsign=false"]
 
 
@@ -43,6 +45,26 @@ def _git(repo: Path, *args: str) -> str:
     return proc.stdout.strip()
 
 
+def _store_lfs(repo: Path, src: Path, pointer: Path) -> None:
+    """Store ``src`` as a git-lfs object of ``repo`` and write its pointer file at ``pointer``.
+
+    olah serves LFS objects from ``.git/lfs/objects`` straight from disk, with their sha256 as
+    the etag (as the Hub does), instead of inflating a 100+ MB git blob on every request.
+    """
+    digest = hashlib.sha256()
+    with src.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    oid = digest.hexdigest()
+    obj = repo / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+    if not obj.exists():
+        obj.parent.mkdir(parents=True, exist_ok=True)
+        tmp = obj.with_name(obj.name + ".tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, obj)
+    pointer.write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {src.stat().st_size}\n")
+
+
 def publish(repo_id: str, checkpoint: Path, mirror_dir: Path, message: str | None = None) -> str:
     """Commit ``checkpoint``'s files as the new head of ``main`` in the mirror; return the sha.
 
@@ -51,13 +73,13 @@ def publish(repo_id: str, checkpoint: Path, mirror_dir: Path, message: str | Non
     (a new revision, as a re-upload on the Hub would).
     """
     checkpoint = Path(checkpoint)
+    repo = repo_path(Path(mirror_dir), repo_id)
     if not checkpoint.is_dir():
         raise MirrorError(f"checkpoint directory {checkpoint} does not exist", "pass a directory with config.json")
     if not (checkpoint / "config.json").is_file():
         raise MirrorError(f"{checkpoint} has no config.json", "pass a Hugging Face checkpoint directory")
     if shutil.which("git") is None:
         raise MirrorError("git is not installed", "install git (apt-get install git)")
-    repo = repo_path(Path(mirror_dir), repo_id)
     if not (repo / ".git").is_dir():
         repo.mkdir(parents=True, exist_ok=True)
         _git(repo, "init", "-q", "-b", "main")
@@ -74,7 +96,10 @@ def publish(repo_id: str, checkpoint: Path, mirror_dir: Path, message: str | Non
             dst.mkdir(parents=True, exist_ok=True)
         else:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
+            if src.stat().st_size >= LFS_THRESHOLD:
+                _store_lfs(repo, src, dst)
+            else:
+                shutil.copy2(src, dst)
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "--allow-empty", "-m", message or f"onramp publish {checkpoint.name}")
     return _git(repo, "rev-parse", "HEAD")
@@ -158,6 +183,9 @@ class MirrorServer:
         if port_in_use(self.host, self.port):
             raise MirrorError(f"port {self.port} on {self.host} is already in use",
                               "pass another --port (or ONRAMP_MIRROR_PORT) or stop what listens there")
+        if self.mirror_dir.exists() and not self.mirror_dir.is_dir():
+            raise MirrorError(f"mirror directory {self.mirror_dir} is not a directory",
+                              "pass a directory to --dir (or ONRAMP_MIRROR_DIR)")
         cli = ensure_olah(self.venv)
         config = write_config(self.work_dir / "olah.toml", host=self.host, port=self.port,
                               mirror_dir=self.mirror_dir, work_dir=self.work_dir)

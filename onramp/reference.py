@@ -84,10 +84,13 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     """Load ``gguf`` with transformers and save a bf16 safetensors checkpoint into ``out``."""
     _check_gguf(gguf)
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from tokenizers import decoders
+    from transformers import AutoModelForCausalLM, GPT2TokenizerFast, LlamaForCausalLM
 
     try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # The GGUF's tokenizer is GPT-2-style byte-level BPE; AutoTokenizer would pick a
+        # (wrong) Llama tokenizer class from the model's architecture.
+        tok = GPT2TokenizerFast.from_pretrained(gguf.parent, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except Exception as exc:  # transformers/gguf raise many types for a damaged file
         raise ReferenceModelError(
@@ -95,6 +98,13 @@ def convert_gguf(gguf: Path, out: Path) -> None:
             "the GGUF file is damaged; delete it or drop --gguf to fetch a fresh copy",
         ) from None
     config = loaded.config
+    # transformers' GGUF import takes bos for eos and leaves a SentencePiece-style decoder;
+    # restore what the original checkpoint has: eos/pad from the model config, byte-level decoding.
+    tok.eos_token = tok.convert_ids_to_tokens(config.eos_token_id)
+    tok.pad_token = tok.convert_ids_to_tokens(config.pad_token_id if config.pad_token_id is not None
+                                              else config.eos_token_id)
+    tok.backend_tokenizer.decoder = decoders.ByteLevel()
+    tok.model_max_length = config.max_position_embeddings
     config.dtype = torch.bfloat16
     model = LlamaForCausalLM(config)
     model.load_state_dict(loaded.state_dict())

@@ -70,16 +70,34 @@ def test_busy_port_is_one_line(hub_mirror, test_cache, tmp_path):
         other.start()
 
 
-def test_olah_failing_to_start_is_reported_quickly(test_cache, tmp_path):
+def test_mirror_dir_that_is_a_file_is_refused(test_cache, tmp_path):
     from tests.conftest import free_port
 
-    # A mirror directory that is a file makes olah's startup fail.
     bad = tmp_path / "not-a-dir"
     bad.write_text("x")
-    server = MirrorServer(bad, port=free_port(), venv=test_cache / "olah-venv", work_dir=tmp_path / "w",
-                          start_timeout=30)
-    with pytest.raises(MirrorError):
+    server = MirrorServer(bad, port=free_port(), venv=test_cache / "olah-venv", work_dir=tmp_path / "w")
+    with pytest.raises(MirrorError, match="not a directory"):
         server.start()
+
+
+def test_olah_crashing_at_start_is_reported_quickly(tmp_path):
+    """A broken olah install (its entry point dies at once) gives one line with its last words."""
+    import time
+
+    from onramp.mirror import OLAH_VERSION
+    from tests.conftest import free_port
+
+    venv = tmp_path / "broken-venv"
+    (venv / "bin").mkdir(parents=True)
+    cli = venv / "bin" / "olah-cli"
+    cli.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named olah.server' >&2\nexit 3\n")
+    cli.chmod(0o755)
+    (venv / f".olah-{OLAH_VERSION}").write_text(OLAH_VERSION)
+    server = MirrorServer(tmp_path / "m", port=free_port(), venv=venv, work_dir=tmp_path / "w")
+    t0 = time.monotonic()
+    with pytest.raises(MirrorError, match="olah exited at start \\(code 3\\): ModuleNotFoundError"):
+        server.start()
+    assert time.monotonic() - t0 < 10
     assert server.proc is None
 
 
