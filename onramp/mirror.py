@@ -33,7 +33,8 @@ _GIT = ["git", "-c", "user.name=onramp", "-c", "user.email=onramp@localhost", "-
 def repo_path(mirror_dir: Path, repo_id: str) -> Path:
     parts = repo_id.split("/")
     if len(parts) != 2 or not all(p and p not in {".", ".."} and p.strip() == p for p in parts):
-        raise MirrorError(f"bad repo id {repo_id!r}", "use the Hub's ORG/NAME form, e.g. HuggingFaceTB/SmolLM2-135M-Instruct")
+        raise MirrorError(f"bad repo id {repo_id!r}",
+                          "use the Hub's ORG/NAME form, e.g. HuggingFaceTB/SmolLM2-135M-Instruct")
     return mirror_dir / "models" / parts[0] / parts[1]
 
 
@@ -126,7 +127,8 @@ def ensure_olah(venv: Path) -> Path:
             capture_output=True, text=True, timeout=900,
         )
     except (subprocess.SubprocessError, OSError) as exc:
-        raise MirrorError(f"could not create olah's virtual environment: {exc}", "check python3 -m venv works") from None
+        raise MirrorError(f"could not create olah's virtual environment: {exc}",
+                          "check that python3 -m venv works") from None
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise MirrorError(f"pip could not install olah=={OLAH_VERSION}: {last}",
@@ -179,7 +181,7 @@ class MirrorServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "MirrorServer":
+    def start(self) -> MirrorServer:
         if port_in_use(self.host, self.port):
             raise MirrorError(f"port {self.port} on {self.host} is already in use",
                               "pass another --port (or ONRAMP_MIRROR_PORT) or stop what listens there")
@@ -236,7 +238,7 @@ class MirrorServer:
                 self.proc.wait()
         self.proc = None
 
-    def __enter__(self) -> "MirrorServer":
+    def __enter__(self) -> MirrorServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
