@@ -1,0 +1,79 @@
+"""``onramp models``, ``onramp promote NAME VERSION``, ``onramp rollback NAME``.
+
+Nothing heavy at import: MLflow is imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import typer
+
+
+def _registry():
+    from registry.client import Registry
+
+    return Registry()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("models")
+    def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+        """Registered models: versions, aliases (production, candidate, ...) and gate results."""
+        from onramp.cli import fail
+        from onramp.errors import OnrampError
+
+        try:
+            found = _registry().list_models()
+        except OnrampError as err:
+            fail(err)
+        if as_json:
+            typer.echo(json.dumps([asdict(m) for m in found], indent=2))
+            return
+        if not found:
+            typer.echo("no registered models (register one with the onboard flow)")
+            return
+        for model in found:
+            aliases = ", ".join(f"{a}={v}" for a, v in sorted(model.aliases.items())) or "no aliases"
+            typer.secho(f"{model.name}  ({aliases})", bold=True)
+            typer.echo(f"  {'version':>7}  {'gate':6}  {'backend':9}  {'layout':22}  {'revision':12}  aliases")
+            for v in model.versions:
+                typer.echo(
+                    f"  {v.version:>7}  {v.gate:6}  {v.tags.get('backend', ''):9}  "
+                    f"{v.tags.get('layout', ''):22}  {v.tags.get('hf_revision', '')[:12]:12}  "
+                    f"{','.join(v.aliases)}"
+                )
+
+    @app.command("promote")
+    def promote(
+        name: str = typer.Argument(..., help="Registered model (the served-model name)."),
+        version: str = typer.Argument(..., help="Version number (or an alias such as candidate)."),
+        force: bool = typer.Option(False, "--force", help="Promote even a version whose gates failed."),
+    ) -> None:
+        """Point NAME's production alias at VERSION; the previous one is kept for rollback."""
+        from onramp.cli import fail
+        from onramp.errors import OnrampError
+
+        try:
+            registry = _registry()
+            previous = registry.promote(name, version, force=force)
+            now = registry.alias_version(name, "production")
+        except OnrampError as err:
+            fail(err)
+        if previous is None:
+            typer.echo(f"{name}: production = version {now}")
+        else:
+            typer.echo(f"{name}: production = version {now} (was {previous}; `onramp rollback {name}` restores it)")
+
+    @app.command("rollback")
+    def rollback(name: str = typer.Argument(..., help="Registered model.")) -> None:
+        """Point NAME's production alias back at the version it had before the last promote."""
+        from onramp.cli import fail
+        from onramp.errors import OnrampError
+
+        try:
+            restored = _registry().rollback(name)
+        except OnrampError as err:
+            fail(err)
+        typer.echo(f"{name}: production = version {restored} (rolled back)")

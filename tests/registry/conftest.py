@@ -1,0 +1,179 @@
+"""Fixtures of the registry tests: real servers on loopback.
+
+- ``moto_s3`` (session): moto's S3 server (``ThreadedMotoServer``) on a free port with one bucket.
+- ``s3`` (function): points MLFLOW_S3_ENDPOINT_URL / AWS_* at it and hands out a fresh
+  ``s3://bucket/<unique prefix>`` artifact root and a boto3 client.
+- ``mlflow_server`` (session): ``mlflow server`` as a subprocess, SQLite backend, artifacts on
+  the moto S3 (clients write them directly: ``--no-serve-artifacts``).
+- ``make_engine``: small engine directories with a real manifest.json (sha256 of every file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+BUCKET = "onramp-registry-test"
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@dataclass
+class S3:
+    endpoint: str
+    bucket: str
+    prefix: str
+    client: object  # boto3 S3 client
+
+    @property
+    def root(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def objects(self) -> dict[str, dict]:
+        out = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for obj in page.get("Contents", []):
+                out[obj["Key"]] = obj
+        return out
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    try:
+        yield endpoint, client
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(moto_s3, monkeypatch) -> S3:
+    endpoint, client = moto_s3
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", endpoint)
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(key, raising=False)
+    return S3(endpoint, BUCKET, f"t-{uuid.uuid4().hex[:10]}", client)
+
+
+@pytest.fixture
+def make_engine(tmp_path):
+    """``make_engine(tag, big=0)``: an engine dir with a manifest (builders.manifest) of every file.
+
+    ``big`` adds a random file of that many bytes (to exercise multipart uploads).
+    """
+    from builders import manifest as bm
+
+    def make(tag: str = "a", *, big: int = 0, name: str = "smollm2-135m-instruct",
+             revision: str | None = None) -> Path:
+        out = tmp_path / f"engine-{tag}-{uuid.uuid4().hex[:6]}"
+        out.mkdir()
+        (out / "openvino_model.xml").write_text(f"<net name='{tag}'/>\n")
+        (out / "openvino_model.bin").write_bytes(os.urandom(4096))
+        (out / "config.json").write_text('{"model_type": "llama"}\n')
+        if big:
+            (out / "weights_big.bin").write_bytes(os.urandom(big))
+        revision = revision or hashlib.sha1(tag.encode()).hexdigest()
+        data = bm.Manifest(
+            name=name,
+            source=bm.Source(repo="HuggingFaceTB/SmolLM2-135M-Instruct", revision=revision, path=str(out)),
+            backend="openvino",
+            backend_version="2026.4.1",
+            builder_version="0.1.0",
+            layout=bm.Layout(hardware="cpu", tp=1, pp=1, dtype="bf16", quantization="int8"),
+            build_id=hashlib.sha256(f"{tag}{uuid.uuid4()}".encode()).hexdigest(),
+            files=bm.hash_files(out),
+            build_seconds=0.1,
+            host="test",
+            created=bm.now_utc(),
+        )
+        bm.write_manifest(out, data)
+        return out
+
+    return make
+
+
+@pytest.fixture
+def registry_factory(tmp_path):
+    """``registry_factory(artifact_root=None, tracking_uri=None)``: a Registry with short retries."""
+    from registry.client import Registry
+
+    def make(artifact_root: str | None = None, tracking_uri: str | None = None, **kwargs):
+        kwargs.setdefault("attempts", 3)
+        kwargs.setdefault("retry_wait", 0.05)
+        kwargs.setdefault("connect_timeout", 1.0)
+        return Registry(
+            tracking_uri=tracking_uri or f"sqlite:///{tmp_path / 'mlflow.db'}",
+            artifact_root=artifact_root,
+            cache_dir=tmp_path / "registry-cache",
+            **kwargs,
+        )
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(moto_s3, tmp_path_factory):
+    """``mlflow server`` (SQLite backend, artifacts on moto S3); yields (url, artifact root)."""
+    endpoint, _ = moto_s3
+    work = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    root = f"s3://{BUCKET}/server-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, **S3_ENV, "MLFLOW_S3_ENDPOINT_URL": endpoint}
+    log = (work / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server",
+         "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}",
+         "--default-artifact-root", root, "--no-serve-artifacts",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=work, start_new_session=True, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(work / 'server.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start: {(work / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url, root
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait(5)
+        log.close()

@@ -1,0 +1,111 @@
+"""Register, promote, roll back and fetch against real MLflow (SQLite) and moto's S3 server."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+
+import pytest
+
+from registry.client import CANDIDATE, PREVIOUS, PRODUCTION
+from registry.errors import ArtifactStoreError, IntegrityError
+
+BIG = 9 * 1024 * 1024  # above boto3's 8 MiB multipart threshold
+
+
+def test_two_versions_promote_rollback_fetch(s3, make_engine, registry_factory):
+    reg = registry_factory(s3.root)
+    e1, e2 = make_engine("one", big=BIG), make_engine("two")
+    v1 = reg.register(e1, gate_passed=True, metrics={"ppl_ratio": 1.01})
+    assert reg.aliases("smollm2-135m-instruct") == {CANDIDATE: v1}
+    v2 = reg.register(e2, gate_passed=True)
+    assert (v1, v2) == ("1", "2")
+    assert reg.aliases("smollm2-135m-instruct") == {CANDIDATE: "2"}
+
+    # engine files are in S3 under the run's artifacts; the large one went up in parts
+    objects = s3.objects()
+    big = [k for k in objects if k.endswith("/engine/weights_big.bin")]
+    assert len(big) == 1 and objects[big[0]]["Size"] == BIG
+    assert objects[big[0]]["ETag"].strip('"').rsplit("-", 1)[1].isdigit(), objects[big[0]]["ETag"]
+    small = [k for k in objects if k.endswith("/engine/config.json")]
+    assert len(small) == 2 and all("-" not in objects[k]["ETag"] for k in small)
+
+    # tags on the version
+    info = reg.list_models()[0]
+    tags = info.versions[-1].tags
+    assert info.name == "smollm2-135m-instruct"
+    assert {k: tags[k] for k in ("hf_repo", "backend", "layout", "quantization", "builder_version", "gate")} == {
+        "hf_repo": "HuggingFaceTB/SmolLM2-135M-Instruct", "backend": "openvino",
+        "layout": "cpu-tp1-pp1-bf16-int8", "quantization": "int8", "builder_version": "0.1.0", "gate": "passed",
+    }
+    assert len(tags["hf_revision"]) == 40
+
+    assert reg.promote("smollm2-135m-instruct", v1) is None
+    assert reg.get_production("smollm2-135m-instruct").version == "1"
+    assert reg.promote("smollm2-135m-instruct", v2) == "1"
+    assert reg.aliases("smollm2-135m-instruct") == {CANDIDATE: "2", PRODUCTION: "2", PREVIOUS: "1"}
+    assert reg.rollback("smollm2-135m-instruct") == "1"
+    assert reg.aliases("smollm2-135m-instruct") == {CANDIDATE: "2", PRODUCTION: "1"}
+
+    path = reg.fetch("smollm2-135m-instruct", PRODUCTION)
+    assert path.name == "1" and (path / "weights_big.bin").read_bytes() == (e1 / "weights_big.bin").read_bytes()
+    assert sorted(p.name for p in path.iterdir() if not p.name.startswith(".")) == sorted(
+        p.name for p in e1.iterdir())
+    # second fetch comes from the cache: it works with the S3 objects gone
+    for key in objects:
+        if "/engine/" in key:
+            s3.client.delete_object(Bucket=s3.bucket, Key=key)
+    assert reg.fetch("smollm2-135m-instruct", "1") == path
+
+
+def test_corrupted_object_is_refused(s3, make_engine, registry_factory):
+    reg = registry_factory(s3.root)
+    version = reg.register(make_engine("c"), gate_passed=True)
+    key = next(k for k in s3.objects() if k.endswith("/engine/openvino_model.xml"))
+    s3.client.put_object(Bucket=s3.bucket, Key=key, Body=b"<net name='tampered'/>\n")
+    with pytest.raises(IntegrityError, match="openvino_model.xml") as err:
+        reg.fetch("smollm2-135m-instruct", version)
+    assert "re-register" in str(err.value)
+    # nothing of it in the cache: no version dir, no partial download
+    cached = [p for p in reg.cache_dir.rglob("*") if p.is_file()]
+    assert cached == []
+
+
+def test_s3_unreachable_retries_then_fails_cleanly(s3, make_engine, registry_factory, monkeypatch, caplog):
+    from tests.conftest import free_port
+
+    reg = registry_factory(s3.root)
+    v1 = reg.register(make_engine("ok"), gate_passed=True)
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", dead)
+    caplog.set_level(logging.WARNING, logger="registry")
+    start = time.monotonic()
+    with pytest.raises(ArtifactStoreError) as err:
+        reg.register(make_engine("lost"), gate_passed=True)
+    elapsed = time.monotonic() - start
+    msg = str(err.value)
+    assert dead in msg and "after 3 attempts" in msg and "MLFLOW_S3_ENDPOINT_URL" in msg
+    assert len([r for r in caplog.records if "(attempt " in r.getMessage()]) == 2  # two retries logged
+    assert elapsed < 30
+    # nothing half-registered: still one version, aliases unchanged, the build run is FAILED
+    models = reg.list_models()
+    assert [v.version for v in models[0].versions] == [v1]
+    assert models[0].aliases == {CANDIDATE: v1}
+    runs = reg.client.search_runs([reg.experiment_id()], order_by=["attribute.start_time DESC"])
+    assert runs[0].info.status == "FAILED" and runs[1].info.status == "FINISHED"
+    # a fetch of the good version fails just as clearly and leaves no partial copy
+    with pytest.raises(ArtifactStoreError, match="unreachable"):
+        reg.fetch("smollm2-135m-instruct", v1)
+    assert not any(p.is_file() for p in reg.cache_dir.rglob("*"))
+
+
+def test_cached_copy_damaged_locally_is_fetched_again(s3, make_engine, registry_factory):
+    reg = registry_factory(s3.root)
+    engine = make_engine("d")
+    version = reg.register(engine, gate_passed=True)
+    path = reg.fetch("smollm2-135m-instruct", version)
+    (path / "config.json").write_text("{}")
+    again = reg.fetch("smollm2-135m-instruct", version)
+    assert again == path and (again / "config.json").read_bytes() == (engine / "config.json").read_bytes()
+    shutil.rmtree(path)
