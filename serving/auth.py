@@ -1,0 +1,140 @@
+"""API keys: stored hashed, compared in constant time, never logged.
+
+The keys file (``ONRAMP_KEYS_FILE``, default ``$ONRAMP_HOME/keys.json``) is a JSON list of
+``{"name", "sha256", "scopes", "created"}``; ``onramp keys create NAME [--admin]`` prints a new
+random key once and stores only its hash. ``ONRAMP_API_KEYS`` may hold comma-separated raw
+keys for quick starts (scope ``user``; admin keys only come from the keys file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from serving.errors import AuthConfigError, Forbidden, Unauthorized
+
+__all__ = ["ADMIN", "USER", "ApiKey", "KeyStore", "create_key", "hash_key", "list_keys", "revoke_key"]
+
+USER = "user"
+ADMIN = "admin"
+ENV_KEYS = "ONRAMP_API_KEYS"
+KEY_PREFIX = "onr-"
+
+
+def hash_key(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    sha256: str
+    scopes: tuple[str, ...]
+
+
+def _read_file(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise AuthConfigError(f"cannot read the keys file {path}: {exc}",
+                              "fix or delete it, then `onramp keys create NAME`") from None
+    if not isinstance(data, list) or not all(isinstance(e, dict) and {"name", "sha256"} <= set(e) for e in data):
+        raise AuthConfigError(f"keys file {path} is not a list of {{name, sha256, scopes}}",
+                              "recreate it with `onramp keys create NAME`")
+    return data
+
+
+def _write_file(path: Path, entries: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(entries, fh, indent=2)
+            fh.write("\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def create_key(path: Path, name: str, *, admin: bool = False) -> str:
+    """Add a key named ``name`` to the keys file and return the raw key (shown once, never stored)."""
+    entries = _read_file(path)
+    if any(e["name"] == name for e in entries):
+        raise AuthConfigError(f"a key named {name!r} already exists in {path}",
+                              f"pick another name, or `onramp keys revoke {name}` first")
+    raw = KEY_PREFIX + secrets.token_urlsafe(32)
+    scopes = [USER, ADMIN] if admin else [USER]
+    entries.append({"name": name, "sha256": hash_key(raw), "scopes": scopes,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    _write_file(path, entries)
+    return raw
+
+
+def revoke_key(path: Path, name: str) -> None:
+    entries = _read_file(path)
+    kept = [e for e in entries if e["name"] != name]
+    if len(kept) == len(entries):
+        raise AuthConfigError(f"no key named {name!r} in {path}", "see `onramp keys list`")
+    _write_file(path, kept)
+
+
+def list_keys(path: Path) -> list[ApiKey]:
+    return [ApiKey(e["name"], e["sha256"], tuple(e.get("scopes") or [USER])) for e in _read_file(path)]
+
+
+class KeyStore:
+    """The keys a server accepts. ``enabled=False`` (``--no-auth``) lets everything through."""
+
+    def __init__(self, keys: list[ApiKey], *, enabled: bool = True):
+        self.enabled = enabled
+        self._keys = list(keys)
+
+    @classmethod
+    def load(cls, keys_file: Path | None, *, enabled: bool = True, env: dict | None = None) -> "KeyStore":
+        if not enabled:
+            return cls([], enabled=False)
+        env = os.environ if env is None else env
+        keys = list_keys(keys_file) if keys_file is not None else []
+        raw_env = [k.strip() for k in (env.get(ENV_KEYS) or "").split(",") if k.strip()]
+        keys += [ApiKey(f"env-{i}", hash_key(k), (USER,)) for i, k in enumerate(raw_env)]
+        if not keys:
+            raise AuthConfigError(
+                f"auth is on but there are no API keys (keys file {keys_file}, ${ENV_KEYS} empty)",
+                f"run `onramp keys create NAME`, or set {ENV_KEYS}=KEY, or pass --no-auth for a local test server")
+        return cls(keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def check(self, authorization: str | None, scope: str = USER) -> ApiKey | None:
+        """The key behind an ``Authorization: Bearer KEY`` header, or raise 401/403."""
+        if not self.enabled:
+            return None
+        if not authorization:
+            raise Unauthorized("Missing API key: send it as 'Authorization: Bearer KEY' "
+                               "(create one with `onramp keys create NAME`).")
+        scheme, _, raw = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not raw.strip():
+            raise Unauthorized("Malformed Authorization header: expected 'Bearer KEY'.")
+        digest = hash_key(raw.strip())
+        found = None
+        for key in self._keys:  # compare against every key, so timing says nothing about which matched
+            if hmac.compare_digest(digest, key.sha256):
+                found = key
+        if found is None:
+            raise Unauthorized("Incorrect API key provided.")
+        if scope not in found.scopes:
+            raise Forbidden(f"This key lacks the '{scope}' scope "
+                            f"(create one with `onramp keys create NAME --{scope}`).")
+        return found

@@ -1,0 +1,103 @@
+"""The one engine protocol the server, the evals and the swap logic talk to.
+
+An engine turns a :class:`GenerationRequest` into an async stream of :class:`Delta` s (new text,
+how many tokens so far, and on the last one the finish reason), can abort a request, can be
+closed (freeing its memory) and describes itself (:class:`EngineInfo`). Backends live in
+``serving/engines/`` and are picked from the engine manifest by ``serving.engines.load_engine``;
+nothing outside a backend's own module branches on the backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Protocol, runtime_checkable
+
+__all__ = ["ChatMessage", "Delta", "Engine", "EngineInfo", "GenerationRequest", "SamplingParams", "TokenLogprob"]
+
+FINISH_REASONS = ("stop", "length", "abort")
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What an engine is: the served name, its backend and build, and its limits."""
+
+    name: str
+    backend: str
+    version: str  # the build (manifest build_id prefix, or a registry version when swapped in by one)
+    max_context: int  # prompt + completion tokens one sequence may hold
+    max_concurrent: int  # sequences decoded together (the running batch)
+    engine_dir: str = ""
+    backend_version: str = ""
+
+
+@dataclass
+class SamplingParams:
+    """Sampling knobs shared by every backend (OpenAI's names and meanings)."""
+
+    max_tokens: int | None = None  # None: up to the context limit
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    logprobs: bool = False
+    ignore_eos: bool = False  # benchmarks: generate exactly max_tokens
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str  # system | user | assistant
+    content: str
+
+
+@dataclass
+class GenerationRequest:
+    """One request: either chat ``messages`` (rendered with the model's chat template) or a raw
+    ``prompt``. ``request_id`` is unique per engine."""
+
+    request_id: str
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    messages: list[ChatMessage] | None = None
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+
+
+@dataclass
+class Delta:
+    """A piece of one request's output. ``text`` is new text since the last delta;
+    ``completion_tokens`` and ``prompt_tokens`` are running totals; ``finish_reason`` is set on
+    the last delta only ("stop", "length" or "abort")."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    new_tokens: int = 0
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every backend implements."""
+
+    def describe(self) -> EngineInfo: ...
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """An async iterator of deltas. Errors about the request itself (context too long,
+        an unsupported parameter) raise :class:`serving.errors.RequestError` before the first
+        delta; the last delta carries the finish reason. Leaving the iterator early (a client
+        that disconnected) aborts the request and frees its KV cache."""
+        ...
+
+    def abort(self, request_id: str) -> None: ...
+
+    def close(self) -> None:
+        """Stop, abort whatever still runs, free the memory. Idempotent."""
+        ...

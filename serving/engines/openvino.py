@@ -1,0 +1,398 @@
+"""OpenVINO backend: ``openvino_genai.ContinuousBatchingPipeline`` driven by one stepping thread.
+
+Requests join the running batch between steps and leave it when they finish or are aborted
+(continuous batching). The stepping thread sleeps on a condition while there is nothing to do;
+after each ``step()`` it reads every handle, detokenizes the new ids incrementally and hands the
+deltas to each request's asyncio queue with one ``call_soon_threadsafe`` per event loop.
+Chat templates are rendered with the engine's own template (``chat_template.jinja``) through
+``openvino_genai.Tokenizer``; token ids are encoded/decoded with the engine's ``tokenizer.json``
+(the Rust ``tokenizers`` library is ~200x faster per call than the tokenizer IR here), falling
+back to the tokenizer IR where no ``tokenizer.json`` exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from serving.detok import IncrementalDetokenizer
+from serving.engine import Delta, EngineInfo, GenerationRequest, SamplingParams, TokenLogprob
+from serving.errors import BackendUnavailable, ContextLengthError, EngineLoadError, RequestError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["OpenVINOEngine", "generation_config_kwargs"]
+
+
+def generation_config_kwargs(sampling: SamplingParams, max_new_tokens: int, eos_token_id: int | None) -> dict[str, Any]:
+    """The ``openvino_genai.GenerationConfig`` fields for one request (pure; unit-tested)."""
+    kw: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+    if sampling.temperature > 0:
+        kw.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+        if sampling.top_k > 0:
+            kw["top_k"] = sampling.top_k
+        if sampling.seed is not None:
+            kw["rng_seed"] = sampling.seed
+    else:
+        kw["do_sample"] = False
+    if sampling.frequency_penalty:
+        kw["frequency_penalty"] = sampling.frequency_penalty
+    if sampling.presence_penalty:
+        kw["presence_penalty"] = sampling.presence_penalty
+    if sampling.logprobs:
+        kw["logprobs"] = 1
+    if sampling.ignore_eos:
+        kw["ignore_eos"] = True
+    if eos_token_id is not None and eos_token_id >= 0:
+        kw["eos_token_id"] = eos_token_id
+    return kw
+
+
+@dataclass
+class _Req:
+    rid: int
+    request_id: str
+    input_ids: list[int]
+    config: Any  # openvino_genai.GenerationConfig
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    detok: IncrementalDetokenizer
+    logprobs: bool
+    handle: Any = None
+    completion_tokens: int = 0
+    done: bool = False
+    token_text: Any = None  # decode([id]) for logprobs
+    extra: dict = field(default_factory=dict)
+
+
+class OpenVINOEngine:
+    """The engine protocol over an OpenVINO engine directory (IR + tokenizer IR + chat template)."""
+
+    backend = "openvino"
+
+    def __init__(self, engine_dir: Path | str, *, name: str, version: str = "", max_context: int = 2048,
+                 max_num_seqs: int = 32, cache_size_gb: int = 1, device: str = "CPU",
+                 max_num_batched_tokens: int | None = None, backend_version: str = ""):
+        try:
+            import openvino_genai as ov_genai
+        except ImportError as exc:  # pragma: no cover - installed with onramp
+            raise BackendUnavailable(f"openvino_genai cannot be imported: {exc}",
+                                     "reinstall onramp (`make install`): openvino-genai is a core dependency") from None
+        self._ov = ov_genai
+        self.engine_dir = Path(engine_dir)
+        try:
+            self._ov_tokenizer = ov_genai.Tokenizer(str(self.engine_dir))
+            sched = ov_genai.SchedulerConfig()
+            sched.cache_size = int(cache_size_gb)
+            sched.max_num_seqs = int(max_num_seqs)
+            sched.dynamic_split_fuse = True
+            sched.enable_prefix_caching = False
+            if max_num_batched_tokens:
+                sched.max_num_batched_tokens = int(max_num_batched_tokens)
+            self._pipe = ov_genai.ContinuousBatchingPipeline(str(self.engine_dir), self._ov_tokenizer, sched, device)
+        except Exception as exc:
+            raise EngineLoadError(f"OpenVINO could not load the engine in {self.engine_dir}: {exc}",
+                                  "check that it was built by `onramp build --backend openvino` and is complete") from None
+        self._eos = self._ov_tokenizer.get_eos_token_id()
+        template_file = self.engine_dir / "chat_template.jinja"
+        self._chat_template = template_file.read_text() if template_file.is_file() else ""
+        if not self._chat_template:
+            try:
+                self._chat_template = self._ov_tokenizer.chat_template or ""
+            except Exception:  # noqa: BLE001 - older tokenizers have no template attribute
+                self._chat_template = ""
+        self._hf_tokenizer = None
+        if (self.engine_dir / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer
+
+            self._hf_tokenizer = Tokenizer.from_file(str(self.engine_dir / "tokenizer.json"))
+        self._info = EngineInfo(name=name, backend=self.backend, version=version, max_context=int(max_context),
+                                max_concurrent=int(max_num_seqs), engine_dir=str(self.engine_dir),
+                                backend_version=backend_version or getattr(ov_genai, "__version__", ""))
+        self._ids = itertools.count(1)
+        self._cond = threading.Condition()
+        self._incoming: list[_Req] = []
+        self._aborts: set[int] = set()
+        self._by_request_id: dict[str, _Req] = {}
+        self._active: dict[int, _Req] = {}
+        self._closed = False
+        self._dirty = False  # a request was cancelled: one step() frees its KV blocks
+        self._thread = threading.Thread(target=self._run, name=f"ov-step-{name}", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_manifest(cls, engine_dir: Path, manifest: Any, *, name: str, **options: Any) -> "OpenVINOEngine":
+        layout = getattr(manifest, "layout", None)
+        max_context = int(getattr(layout, "max_seq_len", 0) or 0) or 2048
+        try:
+            import json
+
+            cfg = json.loads((Path(engine_dir) / "config.json").read_text())
+            if cfg.get("max_position_embeddings"):
+                max_context = min(max_context, int(cfg["max_position_embeddings"]))
+        except (OSError, ValueError):
+            pass
+        options.setdefault("max_num_seqs", int(getattr(layout, "max_batch", 0) or 0) or 32)
+        options.setdefault("max_context", max_context)
+        build_id = str(getattr(manifest, "build_id", "") or "")
+        options.setdefault("version", build_id[:12])
+        options.setdefault("backend_version", str(getattr(manifest, "backend_version", "") or ""))
+        return cls(engine_dir, name=name, **options)
+
+    def describe(self) -> EngineInfo:
+        return self._info
+
+    # ------------------------------------------------------------------ tokenization
+    def _encode(self, text: str) -> list[int]:
+        if self._hf_tokenizer is not None:
+            return self._hf_tokenizer.encode(text, add_special_tokens=False).ids
+        return [int(i) for i in self._ov_tokenizer.encode(text, add_special_tokens=False).input_ids.data[0]]
+
+    def _decode(self, ids) -> str:
+        if self._hf_tokenizer is not None:
+            return self._hf_tokenizer.decode(list(ids), skip_special_tokens=True)
+        return self._ov_tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def render_chat(self, messages) -> str:
+        if not self._chat_template:
+            raise RequestError(f"model '{self._info.name}' has no chat template, so it cannot take messages",
+                               param="messages", code="no_chat_template")
+        history = [{"role": m.role, "content": m.content} for m in messages]
+        return self._ov_tokenizer.apply_chat_template(history, add_generation_prompt=True,
+                                                      chat_template=self._chat_template)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    def _prepare(self, request: GenerationRequest) -> tuple[list[int], int]:
+        if request.messages is not None:
+            text = self.render_chat(request.messages)
+            param = "messages"
+        else:
+            text = request.prompt or ""
+            param = "prompt"
+        ids = self._encode(text)
+        if not ids:
+            raise RequestError(f"the {param} is empty", param=param)
+        limit = self._info.max_context
+        max_tokens = request.sampling.max_tokens
+        if len(ids) >= limit:
+            raise ContextLengthError(
+                f"This model's maximum context length is {limit} tokens; the {param} alone has {len(ids)}. "
+                f"Shorten the {param}.", param=param)
+        if max_tokens is None:
+            max_tokens = limit - len(ids)
+        elif len(ids) + max_tokens > limit:
+            raise ContextLengthError(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{len(ids) + max_tokens} tokens ({len(ids)} in the {param}, {max_tokens} for the completion). "
+                f"Lower max_tokens to at most {limit - len(ids)} or shorten the {param}.")
+        return ids, max_tokens
+
+    # ------------------------------------------------------------------ the protocol
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        if self._closed:
+            raise RequestError(f"model '{self._info.name}' is shutting down; retry", status=503,
+                               headers={"Retry-After": "1"}, code="engine_closed")
+        ids, max_new = await asyncio.to_thread(self._prepare, request)
+        kwargs = generation_config_kwargs(request.sampling, max_new, self._eos)
+        config = self._ov.GenerationConfig()
+        eos = kwargs.pop("eos_token_id", None)
+        config.update_generation_config(**kwargs)
+        if eos is not None:
+            config.set_eos_token_id(eos)
+        try:
+            config.validate()
+        except Exception as exc:  # OpenVINO's own parameter checks
+            raise RequestError(f"invalid sampling parameters: {str(exc).strip().splitlines()[-1]}") from None
+        loop = asyncio.get_running_loop()
+        req = _Req(rid=next(self._ids), request_id=request.request_id, input_ids=ids, config=config, loop=loop,
+                   queue=asyncio.Queue(), detok=IncrementalDetokenizer(self._decode, request.sampling.stop),
+                   logprobs=request.sampling.logprobs)
+        with self._cond:
+            self._incoming.append(req)
+            self._by_request_id[request.request_id] = req
+            self._cond.notify()
+        try:
+            while True:
+                item = await req.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            if not req.done:
+                self._abort_req(req)
+            self._by_request_id.pop(request.request_id, None)
+
+    def abort(self, request_id: str) -> None:
+        req = self._by_request_id.get(request_id)
+        if req is not None:
+            self._abort_req(req)
+
+    def _abort_req(self, req: _Req) -> None:
+        with self._cond:
+            self._aborts.add(req.rid)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=60)
+        self._pipe = None
+        self._ov_tokenizer = None
+        gc.collect()
+        log.info("engine %s (%s) closed", self._info.name, self._info.version)
+
+    @property
+    def running(self) -> int:
+        return len(self._active)
+
+    # ------------------------------------------------------------------ the stepping thread
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._closed or self._incoming or self._aborts or self._active or self._dirty):
+                    self._cond.wait()
+                if self._closed:
+                    break
+                incoming, self._incoming = self._incoming, []
+                aborts, self._aborts = self._aborts, set()
+            out: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
+            for req in incoming:
+                if req.rid in aborts:
+                    aborts.discard(req.rid)
+                    self._finish(req, out, "abort")
+                    continue
+                try:
+                    tensor = self._ov_tensor(req.input_ids)
+                    req.handle = self._pipe.add_request(req.rid, tensor, req.config)
+                    self._active[req.rid] = req
+                except Exception as exc:  # noqa: BLE001 - reported to that request only
+                    req.done = True
+                    out[req.loop].append((req.queue, RequestError(f"the engine refused the request: {exc}")))
+            for rid in aborts:
+                req = self._active.pop(rid, None)
+                if req is not None:
+                    self._drop(req)
+                    self._finish(req, out, "abort")
+            if self._active or self._dirty:
+                try:
+                    if self._pipe.has_non_finished_requests() or self._dirty:
+                        self._dirty = False
+                        self._pipe.step()
+                    self._collect(out)
+                except Exception as exc:  # noqa: BLE001 - a failed step fails the running batch
+                    log.exception("engine %s: step failed", self._info.name)
+                    for req in list(self._active.values()):
+                        self._drop(req)
+                        req.done = True
+                        out[req.loop].append((req.queue, RuntimeError(f"engine step failed: {exc}")))
+                    self._active.clear()
+            self._deliver(out)
+        # closed: end whatever is still running or waiting
+        out = defaultdict(list)
+        with self._cond:
+            pending, self._incoming = self._incoming, []
+        for req in [*pending, *self._active.values()]:
+            self._drop(req)
+            self._finish(req, out, "abort")
+        self._active.clear()
+        self._deliver(out)
+        if self._dirty:
+            try:
+                self._pipe.step()
+            except Exception:  # noqa: BLE001
+                log.debug("final cleanup step failed", exc_info=True)
+
+    def _ov_tensor(self, ids: list[int]):
+        import numpy as np
+        import openvino as ov
+
+        return ov.Tensor(np.asarray([ids], dtype=np.int64))
+
+    def _drop(self, req: _Req) -> None:
+        handle, req.handle = req.handle, None
+        if handle is not None:
+            self._dirty = True
+            try:
+                handle.cancel()  # removes the request from the batch and frees its KV blocks
+            except Exception:  # noqa: BLE001
+                log.debug("cancel failed", exc_info=True)
+
+    def _finish(self, req: _Req, out, reason: str, text: str = "", new_tokens: int = 0, logprobs=None) -> None:
+        req.done = True
+        out[req.loop].append((req.queue, Delta(text=text, prompt_tokens=len(req.input_ids),
+                                               completion_tokens=req.completion_tokens, new_tokens=new_tokens,
+                                               finish_reason=reason, logprobs=logprobs)))
+
+    def _collect(self, out) -> None:
+        status_running = self._ov.GenerationStatus.RUNNING
+        finished: list[int] = []
+        for rid, req in self._active.items():
+            handle = req.handle
+            new_ids: list[int] = []
+            lps: list[float] = []
+            finish = None
+            if handle.can_read():
+                for o in handle.read().values():
+                    new_ids.extend(o.generated_ids)
+                    if req.logprobs:
+                        lps.extend(o.generated_log_probs)
+                    if o.finish_reason != self._ov.GenerationFinishReason.NONE:
+                        finish = "length" if o.finish_reason == self._ov.GenerationFinishReason.LENGTH else "stop"
+            status = handle.get_status()
+            if finish is None and status != status_running and not handle.can_read():
+                finish = "stop" if status == self._ov.GenerationStatus.FINISHED else "abort"
+            if not new_ids and finish is None:
+                continue
+            req.completion_tokens += len(new_ids)
+            text = req.detok.add(new_ids)
+            if req.detok.stopped:
+                finish = "stop"
+                self._drop(req)
+            elif finish is not None:
+                text += req.detok.flush()
+            logprobs = None
+            if req.logprobs:
+                logprobs = [TokenLogprob(token=self._decode([t]), logprob=float(lp)) for t, lp in zip(new_ids, lps)]
+            if finish is not None:
+                finished.append(rid)
+                self._finish(req, out, finish, text, len(new_ids), logprobs)
+            else:
+                out[req.loop].append((req.queue, Delta(text=text, prompt_tokens=len(req.input_ids),
+                                                       completion_tokens=req.completion_tokens,
+                                                       new_tokens=len(new_ids), logprobs=logprobs)))
+        for rid in finished:
+            req = self._active.pop(rid)
+            req.handle = None
+
+    @staticmethod
+    def _deliver(out) -> None:
+        for loop, items in out.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # that loop is closed: its requests are gone
+                pass
+
+
+def _put_all(items) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
+
+
+def _now() -> float:
+    return time.perf_counter()
