@@ -93,3 +93,17 @@ def hub_mirror(test_cache, tmp_path_factory):
     server.mirror_dir.mkdir(parents=True)
     with server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def ov_int8_engine(test_cache, reference_model) -> Path:
+    """The reference model built to an int8 OpenVINO engine (builders), cached under engines/.
+
+    The first run exports it (~30 s on an idle 2-core machine, minutes under load); later runs
+    find the finished build by its build id and return it after checking its sha256s (~2 s).
+    """
+    from builders import build_engine
+    from onramp.reference import HUB_REPO_ID
+
+    return build_engine(reference_model, backend="openvino", quant="int8",
+                        out_root=test_cache / "engines", repo=HUB_REPO_ID)

@@ -1,0 +1,86 @@
+"""The OpenVINO builder end to end on the real reference model (SmolLM2-135M-Instruct)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from builders import build_engine, read_manifest, verify_files
+from builders.errors import ManifestError
+from onramp.reference import HUB_REPO_ID
+
+pytestmark = pytest.mark.slow
+
+
+def test_int8_engine_answers_paris(ov_int8_engine):
+    import openvino_genai
+
+    pipe = openvino_genai.LLMPipeline(str(ov_int8_engine), "CPU")
+    tok = pipe.get_tokenizer()
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                     add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>assistant\n")  # the chat template travelled with the engine
+    config = openvino_genai.GenerationConfig()
+    config.max_new_tokens = 16
+    answer = pipe.generate(prompt, config)
+    assert "Paris" in str(answer)
+
+
+def test_int8_engine_runs_under_continuous_batching(ov_int8_engine):
+    import openvino_genai
+
+    scheduler = openvino_genai.SchedulerConfig()
+    scheduler.cache_size = 1  # GB of KV cache
+    pipe = openvino_genai.ContinuousBatchingPipeline(str(ov_int8_engine), scheduler, "CPU")
+    prompt = pipe.get_tokenizer().apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True)
+    config = openvino_genai.GenerationConfig()
+    config.max_new_tokens = 16
+    results = pipe.generate([prompt, prompt], [config, config])
+    assert all("Paris" in r.m_generation_ids[0] for r in results)
+
+
+def test_manifest_describes_the_engine(ov_int8_engine):
+    manifest = read_manifest(ov_int8_engine)
+    assert manifest.name == "smollm2-135m-instruct"
+    assert manifest.source.repo == HUB_REPO_ID
+    assert manifest.backend == "openvino" and manifest.backend_version.startswith("2026.4")
+    assert manifest.layout.quantization == "int8" and manifest.layout.tp == 1
+    for name in ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml",
+                 "openvino_detokenizer.xml", "chat_template.jinja", "config.json", "generation_config.json"):
+        assert name in manifest.files
+    assert manifest.build_seconds > 0
+    verify_files(ov_int8_engine, manifest)
+
+
+def test_second_build_request_returns_the_cached_engine(ov_int8_engine, reference_model):
+    before = read_manifest(ov_int8_engine)
+    inode = ov_int8_engine.stat().st_ino
+    again = build_engine(reference_model, backend="openvino", quant="int8",
+                         out_root=ov_int8_engine.parent, repo=HUB_REPO_ID)
+    assert again == ov_int8_engine
+    assert again.stat().st_ino == inode  # same directory, not a rebuilt one renamed into place
+    assert read_manifest(again).created == before.created
+
+
+def test_corrupted_engine_file_is_detected(ov_int8_engine, tmp_path):
+    import shutil
+
+    copy = tmp_path / "engine"
+    shutil.copytree(ov_int8_engine, copy)
+    manifest = read_manifest(copy)
+    xml = copy / "openvino_detokenizer.xml"
+    data = bytearray(xml.read_bytes())
+    data[100] ^= 0x01  # same size, one bit flipped
+    xml.write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match="openvino_detokenizer.xml.*sha256"):
+        verify_files(copy, manifest)
+    (copy / "openvino_detokenizer.xml").unlink()
+    with pytest.raises(ManifestError, match="openvino_detokenizer.xml.*missing"):
+        verify_files(copy, manifest)
+    raw = json.loads((copy / "manifest.json").read_text())
+    raw["surprise"] = 1
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match="surprise"):
+        read_manifest(copy)
