@@ -1,0 +1,134 @@
+"""The embedded default (SQLite + artifacts under ONRAMP_HOME), run logging, gates, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from onramp.cli import app
+from registry.client import CANDIDATE, PREVIOUS, PRODUCTION, Registry
+from registry.errors import IntegrityError, ModelNotFoundError, PromotionError
+
+NAME = "smollm2-135m-instruct"
+
+
+def test_onboarding_run_and_embedded_defaults(onramp_home, make_engine):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reg = Registry()  # settings: sqlite:///$ONRAMP_HOME/mlflow.db, artifacts in $ONRAMP_HOME/mlartifacts
+    assert reg.tracking_uri == f"sqlite:///{onramp_home / 'mlflow.db'}"
+    with reg.run("onboard HuggingFaceTB/SmolLM2-135M-Instruct", params={"repo": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                                                                        "revision": "abc123"}) as run:
+        run.log_metrics({"latency_p50_ms": 41.5, "tokens_per_s": 700.0})
+        run.log_dict({"exact_match": 0.1}, "reports/quality.json")
+        fig, ax = plt.subplots()
+        ax.plot([1, 2, 3], [40, 45, 60])
+        run.log_figure(fig, "plots/latency.png")
+        plt.close(fig)
+        version = reg.register(make_engine("e"), run_id=run.run_id, gate_passed=True, metrics={"ppl_ratio": 1.02})
+    assert version == "1"
+
+    parent = reg.client.get_run(run.run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params == {"repo": "HuggingFaceTB/SmolLM2-135M-Instruct", "revision": "abc123"}
+    assert parent.data.metrics == {"latency_p50_ms": 41.5, "tokens_per_s": 700.0}
+    assert {a.path for a in reg.client.list_artifacts(run.run_id, "plots")} == {"plots/latency.png"}
+    assert (onramp_home / "mlartifacts").is_dir()
+    png = list((onramp_home / "mlartifacts").rglob("latency.png"))
+    assert len(png) == 1 and png[0].read_bytes()[:4] == b"\x89PNG"
+
+    mv = reg.client.get_model_version(NAME, version)
+    child = reg.client.get_run(mv.run_id)
+    assert child.data.tags["mlflow.parentRunId"] == run.run_id
+    assert child.data.params["backend"] == "openvino" and child.data.params["layout"] == "cpu-tp1-pp1-bf16-int8"
+    assert child.data.metrics == {"ppl_ratio": 1.02}
+    # engine files stored under ONRAMP_HOME, fetched into the cache under ONRAMP_HOME, verified
+    path = reg.fetch(NAME, CANDIDATE)
+    assert onramp_home in path.parents and (path / "manifest.json").is_file()
+
+
+def test_failed_run_is_marked_failed(make_engine):
+    reg = Registry()
+    with pytest.raises(RuntimeError), reg.run("onboard broken") as run:
+        raise RuntimeError("build crashed")
+    assert reg.client.get_run(run.run_id).info.status == "FAILED"
+
+
+def test_gate_failed_is_not_candidate_and_not_promoted_without_force(make_engine):
+    reg = Registry()
+    v1 = reg.register(make_engine("good"), gate_passed=True)
+    v2 = reg.register(make_engine("bad"), gate_passed=False)
+    assert reg.aliases(NAME) == {CANDIDATE: v1}
+    with pytest.raises(PromotionError, match="did not pass its gates") as err:
+        reg.promote(NAME, v2)
+    assert "--force" in str(err.value)
+    assert reg.alias_version(NAME, PRODUCTION) is None
+    reg.promote(NAME, v2, force=True)
+    assert reg.alias_version(NAME, PRODUCTION) == v2
+
+
+def test_history_rollback_twice_and_errors(make_engine):
+    reg = Registry()
+    versions = [reg.register(make_engine(t), gate_passed=True) for t in ("a", "b", "c")]
+    with pytest.raises(PromotionError, match="no earlier production version"):
+        reg.rollback(NAME)
+    for v in versions:
+        reg.promote(NAME, v)
+    assert reg.aliases(NAME)[PREVIOUS] == "2"
+    assert reg.rollback(NAME) == "2"
+    assert reg.aliases(NAME)[PREVIOUS] == "1"
+    assert reg.rollback(NAME) == "1"
+    assert PREVIOUS not in reg.aliases(NAME)
+    with pytest.raises(PromotionError):
+        reg.rollback(NAME)
+    with pytest.raises(ModelNotFoundError, match="no registered model 'nope'"):
+        reg.fetch("nope", "production")
+    with pytest.raises(ModelNotFoundError, match="has no version '9'"):
+        reg.promote(NAME, 9)
+    with pytest.raises(ModelNotFoundError, match="has no alias 'staging'"):
+        reg.fetch(NAME, "staging")
+
+
+def test_register_refuses_a_tampered_engine(make_engine):
+    reg = Registry()
+    engine = make_engine("t")
+    (engine / "config.json").write_text('{"model_type": "evil"}\n')
+    with pytest.raises(IntegrityError, match="config.json"):
+        reg.register(engine, gate_passed=True)
+    assert reg.list_models() == []
+
+
+def test_cli_models_promote_rollback(make_engine):
+    reg = Registry()
+    reg.register(make_engine("a"), gate_passed=True)
+    reg.register(make_engine("b"), gate_passed=False)
+    runner = CliRunner()
+
+    result = runner.invoke(app, ["promote", NAME, "1"])
+    assert result.exit_code == 0, result.output
+    assert "production = version 1" in result.output
+    result = runner.invoke(app, ["promote", NAME, "2"])
+    assert result.exit_code == 1 and "did not pass its gates" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, ["promote", NAME, "2", "--force"])
+    assert result.exit_code == 0 and "was 1" in result.output
+
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    assert NAME in result.output and "production=2" in result.output and "failed" in result.output
+    result = runner.invoke(app, ["models", "--json"])
+    models = json.loads(result.output)
+    assert models[0]["aliases"] == {CANDIDATE: "1", PRODUCTION: "2", PREVIOUS: "1"}
+    assert {v["version"]: v["tags"]["gate"] for v in models[0]["versions"]} == {"1": "passed", "2": "failed"}
+
+    result = runner.invoke(app, ["rollback", NAME])
+    assert result.exit_code == 0 and "production = version 1" in result.output
+    result = runner.invoke(app, ["rollback", NAME])
+    assert result.exit_code == 1 and "no earlier production version" in result.output
+    result = runner.invoke(app, ["rollback", "nope"])
+    assert result.exit_code == 1 and "no registered model 'nope'" in result.output
