@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from onramp.errors import ConfigError
 
@@ -60,8 +60,27 @@ class Settings(BaseSettings):
     api_port: int = 8000
     keys_file: Path | None = Field(default=None, description="Hashed API keys. Default: $ONRAMP_HOME/keys.json.")
 
+    # Watcher and webhook (flows)
+    watch_repos: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Hub repo ids (ORG/NAME) whose new revisions are onboarded; comma-separated in the environment."
+    )
+    watch_orgs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Hub authors/orgs whose models are all watched; comma-separated in the environment."
+    )
+    watch_interval_s: int = Field(default=300, ge=5, description="How often the watch flow polls the Hub.")
+    webhook_secret: str | None = Field(
+        default=None, description="Secret the Hub sends in X-Webhook-Secret to POST /hooks/huggingface; unset = webhook off."
+    )
+
+    @field_validator("watch_repos", "watch_orgs", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
     @model_validator(mode="after")
-    def _derive(self) -> "Settings":
+    def _derive(self) -> Settings:
         self.home = self.home.expanduser()
         if self.cache_dir is None:
             self.cache_dir = self.home / "cache"

@@ -1,0 +1,309 @@
+"""The plain functions the onboard flow's tasks call, one per step.
+
+Each step is a thin adapter over the package that owns the logic (``onramp.hub``,
+``builders``, ``evals``, ``registry``, ``serving``), so the flow reads as the pipeline and
+every step can be called (and tested) without Prefect. The only logic that lives here is
+onramp-wide idempotency: evals cached on disk by (build_id, profile), and registration looked
+up by the build_id tag before a new model version is created.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from flows.errors import OnboardError
+from onramp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class LayoutPlan(BaseModel):
+    """One candidate layout from the planner: build it, or why not."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str                       # e.g. "cpu-tp1-int8", unique within a plan
+    target: str                    # hardware name as given in --targets
+    backend: str
+    quant: str
+    tp: int = 1
+    feasible: bool = True
+    reason: str = ""
+    spec: dict[str, Any] = Field(default_factory=dict)  # the planner's own spec, passed back to build
+
+
+class EvalResult(BaseModel):
+    """What the evaluate step measured for one build (cached by build_id and profile)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    build_id: str
+    profile: str
+    metrics: dict[str, float]
+    report_md: str = ""
+    plot: str | None = None       # path of the latency plot (PNG), if any
+    seconds: float = 0.0
+    cached: bool = False
+
+
+class GateOutcome(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    passed: bool
+    rows: list[dict[str, Any]] = Field(default_factory=list)  # metric, value, threshold, passed
+    summary: str = ""
+
+
+# ------------------------------------------------------------------------------ pull
+
+def pull(repo: str, revision: str, settings: Settings) -> tuple[Path, str]:
+    """A pinned snapshot of ``repo@revision`` (safetensors only): ``(checkpoint_dir, sha)``."""
+    from onramp.hub import pull as hub_pull
+
+    return hub_pull(repo, revision, endpoint=settings.hf_endpoint, cache_dir=settings.cache_dir / "hub")
+
+
+# ------------------------------------------------------------------------------ plan
+
+def plan(checkpoint: Path, targets: list[str]) -> list[LayoutPlan]:
+    """The layouts to build for ``targets`` (feasible or not, with the planner's reasons)."""
+    from builders import planner
+
+    plans = planner.plan(checkpoint, targets)
+    out: list[LayoutPlan] = []
+    for p in plans:
+        spec = p.model_dump() if hasattr(p, "model_dump") else dict(p)
+        layout = spec.get("layout") or {}
+        hardware = str(layout.get("hardware") or spec.get("hardware") or "cpu")
+        quant = str(layout.get("quantization") or spec.get("quant") or "int8")
+        tp = int(layout.get("tp") or spec.get("tp") or 1)
+        backend = str(spec.get("backend") or ("openvino" if hardware == "cpu" else "tensorrt_llm"))
+        out.append(LayoutPlan(
+            key=f"{hardware}-tp{tp}-{quant}", target=hardware, backend=backend, quant=quant, tp=tp,
+            feasible=bool(spec.get("feasible", True)), reason=str(spec.get("reason") or ""), spec=spec,
+        ))
+    return out
+
+
+# ------------------------------------------------------------------------------ build
+
+def build(checkpoint: Path, layout: LayoutPlan, repo: str, sha: str, settings: Settings) -> Path:
+    """Build (or reuse: builders caches by build_id) the engine for one layout."""
+    from builders import build_engine
+
+    return build_engine(checkpoint, backend=layout.backend, quant=layout.quant, out_root=settings.engines_dir,
+                        repo=repo, revision=sha)
+
+
+def created_after(engine_dir: Path, started: float) -> bool:
+    """Whether the build in ``engine_dir`` was made after ``started`` (not a reused one)."""
+    from datetime import datetime
+
+    created = read_build(engine_dir).get("created") or ""
+    try:
+        return datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() >= started
+    except ValueError:
+        return False
+
+
+def read_build(engine_dir: Path) -> dict[str, Any]:
+    from builders.manifest import read_manifest
+
+    manifest = read_manifest(engine_dir)
+    return manifest.model_dump(by_alias=True) if hasattr(manifest, "model_dump") else dict(manifest)
+
+
+# ------------------------------------------------------------------------------ evaluate
+
+def eval_cache_path(settings: Settings, build_id: str, profile: str) -> Path:
+    return settings.home / "evals" / build_id / f"{profile}.json"
+
+
+def load_cached_eval(settings: Settings, build_id: str, profile: str) -> EvalResult | None:
+    path = eval_cache_path(settings, build_id, profile)
+    try:
+        result = EvalResult.model_validate_json(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if result.plot and not Path(result.plot).is_file():
+        result.plot = None
+    return result.model_copy(update={"cached": True})
+
+
+def save_eval(settings: Settings, result: EvalResult) -> Path:
+    path = eval_cache_path(settings, result.build_id, result.profile)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(result.model_dump_json(indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate(engine_dir: Path, reference_dir: Path, profile: str, settings: Settings, *,
+             latency: bool = True) -> EvalResult:
+    """Quality (vs the original checkpoint) and latency of one build; cached by (build_id, profile)."""
+    build_id = read_build(engine_dir)["build_id"]
+    cached = load_cached_eval(settings, build_id, profile)
+    if cached is not None:
+        return cached
+    started = time.monotonic()
+    from evals.quality import run_quality
+
+    out_dir = eval_cache_path(settings, build_id, profile).parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    quality = run_quality(engine_dir, reference_dir, profile)
+    metrics: dict[str, float] = dict(_metrics_of(quality))
+    parts = [_markdown_of(quality)]
+    plot = None
+    if latency:
+        lat_metrics, lat_md, plot = _latency(engine_dir, out_dir)
+        metrics.update(lat_metrics)
+        parts.append(lat_md)
+    result = EvalResult(build_id=build_id, profile=profile, metrics=metrics,
+                        report_md="\n\n".join(p for p in parts if p), plot=plot,
+                        seconds=round(time.monotonic() - started, 1))
+    save_eval(settings, result)
+    return result
+
+
+def _metrics_of(report: Any) -> dict[str, float]:
+    raw = report.metrics() if callable(getattr(report, "metrics", None)) else getattr(report, "metrics", {})
+    return {k: float(v) for k, v in dict(raw).items() if isinstance(v, (int, float)) and v is not None}
+
+
+def _markdown_of(report: Any) -> str:
+    for attr in ("markdown", "to_markdown"):
+        fn = getattr(report, attr, None)
+        if callable(fn):
+            return str(fn())
+        if isinstance(fn, str):
+            return fn
+    return ""
+
+
+def _latency(engine_dir: Path, out_dir: Path) -> tuple[dict[str, float], str, str | None]:
+    """Serve the engine on a free loopback port and run the Poisson sweep against it."""
+    from evals.latency import measure_engine
+
+    report = measure_engine(engine_dir)
+    plot_path = out_dir / "latency.png"
+    saver = getattr(report, "save_plot", None) or getattr(report, "plot", None)
+    plot = None
+    if callable(saver):
+        try:
+            saver(plot_path)
+            plot = str(plot_path) if plot_path.is_file() else None
+        except Exception as exc:  # noqa: BLE001 (a plot is a report, not a result)
+            log.warning("latency plot not written: %s", exc)
+    return _metrics_of(report), _markdown_of(report), plot
+
+
+# ------------------------------------------------------------------------------ gate
+
+def gate(metrics: dict[str, float], gates: str | None, production: dict[str, float] | None) -> GateOutcome:
+    from evals.gates import apply_gates
+
+    result = apply_gates(metrics, gates, production=production)
+    rows = []
+    for check in getattr(result, "checks", []) or []:
+        row = check.model_dump() if hasattr(check, "model_dump") else dict(vars(check))
+        rows.append({k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in row.items()})
+    summary = _markdown_of(result) or str(getattr(result, "summary", ""))
+    return GateOutcome(passed=bool(result.passed), rows=rows, summary=summary)
+
+
+# ------------------------------------------------------------------------------ register / promote
+
+def find_version(registry: Any, name: str, build_id: str) -> str | None:
+    """The model version already registered for ``build_id``, if any (the idempotency key)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = registry.client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    found = [mv for mv in versions if (mv.tags or {}).get("build_id") == build_id]
+    return str(max(int(mv.version) for mv in found)) if found else None
+
+
+def production_metrics(registry: Any, name: str) -> dict[str, float] | None:
+    """The metrics logged for the version at ``production`` (what a candidate must not regress)."""
+    info = registry.get_production(name)
+    if info is None or not info.run_id:
+        return None
+    run = registry.client.get_run(info.run_id)
+    return dict(run.data.metrics) or None
+
+
+def register(registry: Any, engine_dir: Path, *, run_id: str | None, gate_passed: bool,
+             metrics: dict[str, float], tags: dict[str, str]) -> tuple[str, str, bool]:
+    """Register the build unless its build_id already is; ``(name, version, newly_created)``."""
+    manifest = read_build(engine_dir)
+    name, build_id = manifest["name"], manifest["build_id"]
+    existing = find_version(registry, name, build_id)
+    if existing is not None:
+        gate_tag = "passed" if gate_passed else "failed"
+        registry.client.set_model_version_tag(name, existing, "gate", gate_tag)
+        if gate_passed:
+            registry.client.set_registered_model_alias(name, "candidate", existing)
+        return name, existing, False
+    version = registry.register(engine_dir, run_id=run_id, gate_passed=gate_passed, metrics=metrics, tags=tags)
+    return name, version, True
+
+
+def tracking_links(registry: Any, name: str, version: str, run_id: str | None, ui: str | None) -> dict[str, str]:
+    """Links to the MLflow run and model version (UI links when an MLflow server is up)."""
+    links: dict[str, str] = {}
+    if ui:
+        exp = registry.experiment_id()
+        if run_id:
+            links["mlflow_run"] = f"{ui}/#/experiments/{exp}/runs/{run_id}"
+        links["mlflow_version"] = f"{ui}/#/models/{name}/versions/{version}"
+    else:
+        if run_id:
+            links["mlflow_run"] = f"{registry.tracking_uri}#runs/{run_id}"
+        links["mlflow_version"] = f"models:/{name}/{version}"
+    return links
+
+
+def wait_for_serving(api_url: str, api_key: str | None, name: str, version: str, timeout: float = 300.0) -> bool:
+    """Poll the API server's /v1/models until ``name`` is served at ``version`` (the swap)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{api_url}/v1/models", headers=headers, timeout=5)
+            if r.status_code == 200:
+                for model in r.json().get("data", []):
+                    if model.get("id") == name and str(_served_version(model)) == str(version):
+                        return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    return False
+
+
+def _served_version(model: dict[str, Any]) -> str | None:
+    for key in ("version", "registry_version"):
+        if key in model:
+            return str(model[key])
+    meta = model.get("metadata") or model.get("onramp") or {}
+    return str(meta.get("version")) if meta.get("version") is not None else None
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)
+
+
+def fail_if(condition: bool, what: str, fix: str) -> None:
+    if condition:
+        raise OnboardError(what, fix)
