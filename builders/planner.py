@@ -42,7 +42,7 @@ class Assumptions:
     usable_fraction: float = 0.90
     workspace_gib: float = 2.0
     kv_bytes: int = 2
-    seq_len: int = 4096
+    seq_len: int = 4096  # default: 4096 or the model's max positions when smaller
     max_batch_cap: int = 256  # the most a built layout asks for (TensorRT-LLM --max_batch_size)
 
 
@@ -98,7 +98,7 @@ class Plan:
     def table(self) -> str:
         f, hw, a = self.facts, self.hardware, self.assumptions
         lines = [
-            f"model: {f.architecture}, {f.params / 1e9:.2f}B params ({f.params_source}), {f.layers} layers, "
+            f"model: {f.architecture}, {_count(f.params)} params ({f.params_source}), {f.layers} layers, "
             f"{f.heads} heads / {f.kv_heads} KV heads x {f.head_dim}, hidden {f.hidden_size}, vocab {f.vocab_size}, "
             f"max positions {f.max_positions}, tied embeddings {'yes' if f.tied_embeddings else 'no'}, {f.dtype}",
             f"hardware: {hw.name} ({hw.description}), {hw.memory_gib:g} GiB per device x up to {hw.devices}; "
@@ -113,6 +113,10 @@ class Plan:
             verdict = "ok" if o.feasible else f"no: {o.reason}"
             lines.append(f"{o.tp:>3} {o.precision:<9} {o.weights_gib:>7.1f} GiB {kv:>9} {tokens:>10} {batch:>9}  {verdict}")
         return "\n".join(lines)
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
 def embedding_params(facts: ModelFacts) -> int:
@@ -145,9 +149,14 @@ def _tp_problem(facts: ModelFacts, hw: Hardware, tp: int) -> str | None:
     return None
 
 
-def plan(facts: ModelFacts, hardware: str | Hardware, *, seq_len: int = 4096, usable_fraction: float = 0.90,
+def plan(facts: ModelFacts, hardware: str | Hardware, *, seq_len: int | None = None, usable_fraction: float = 0.90,
          workspace_gib: float = 2.0, kv_bytes: int = 2, memory_gib: float | None = None) -> Plan:
-    """Every (TP, precision) layout of ``facts`` on ``hardware``, feasible or with its reason."""
+    """Every (TP, precision) layout of ``facts`` on ``hardware``, feasible or with its reason.
+
+    ``seq_len`` (prompt + output tokens of one sequence) defaults to 4096, or the model's max
+    positions when smaller.
+    """
+    seq_len = seq_len or min(4096, facts.max_positions)
     hw = hardware if isinstance(hardware, Hardware) else get_hardware(hardware, memory_gib)
     if not 0 < usable_fraction <= 1:
         raise ValueError("usable_fraction must be in (0, 1]")
