@@ -12,22 +12,43 @@ import typer
 
 
 def _registry():
+    import os
+
     from registry.client import Registry
 
+    # An interactive command should fail in seconds, not after MLflow's default ~7 HTTP retries
+    # with exponential backoff (minutes), when the tracking server is down. The user's own
+    # settings of these variables win.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     return Registry()
+
+
+def _fail(err: Exception) -> None:
+    """One red line for our errors and for MLflow's (a locked database, a server error)."""
+    from onramp.cli import fail
+    from onramp.errors import OnrampError
+    from registry.errors import RegistryError
+
+    if not isinstance(err, OnrampError):
+        first = (str(err).splitlines() or [type(err).__name__])[0][:300]
+        err = RegistryError(f"MLflow failed: {first}",
+                            "check ONRAMP_MLFLOW_TRACKING_URI (`onramp config`) and that the backend is up")
+    fail(err)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("models")
     def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
         """Registered models: versions, aliases (production, candidate, ...) and gate results."""
-        from onramp.cli import fail
+        from mlflow.exceptions import MlflowException
+
         from onramp.errors import OnrampError
 
         try:
             found = _registry().list_models()
-        except OnrampError as err:
-            fail(err)
+        except (OnrampError, MlflowException) as err:
+            _fail(err)
         if as_json:
             typer.echo(json.dumps([asdict(m) for m in found], indent=2))
             return
@@ -52,15 +73,16 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Promote even a version whose gates failed."),
     ) -> None:
         """Point NAME's production alias at VERSION; the previous one is kept for rollback."""
-        from onramp.cli import fail
+        from mlflow.exceptions import MlflowException
+
         from onramp.errors import OnrampError
 
         try:
             registry = _registry()
             previous = registry.promote(name, version, force=force)
             now = registry.alias_version(name, "production")
-        except OnrampError as err:
-            fail(err)
+        except (OnrampError, MlflowException) as err:
+            _fail(err)
         if previous is None:
             typer.echo(f"{name}: production = version {now}")
         else:
@@ -69,11 +91,12 @@ def register(app: typer.Typer) -> None:
     @app.command("rollback")
     def rollback(name: str = typer.Argument(..., help="Registered model.")) -> None:
         """Point NAME's production alias back at the version it had before the last promote."""
-        from onramp.cli import fail
+        from mlflow.exceptions import MlflowException
+
         from onramp.errors import OnrampError
 
         try:
             restored = _registry().rollback(name)
-        except OnrampError as err:
-            fail(err)
+        except (OnrampError, MlflowException) as err:
+            _fail(err)
         typer.echo(f"{name}: production = version {restored} (rolled back)")

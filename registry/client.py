@@ -115,7 +115,7 @@ def _read_manifest(engine_dir: Path) -> Any:
         raise
     except Exception as exc:  # noqa: BLE001 - builders' own error, pydantic, JSON, OSError
         raise IntegrityError(
-            f"{engine_dir} has no valid manifest.json: {exc}",
+            f"{engine_dir} has no valid manifest.json: {getattr(exc, 'what', None) or exc}",
             "register only engine directories written by `onramp build` (builders.build_engine)",
         ) from None
 
@@ -127,7 +127,7 @@ def _verify(engine_dir: Path, manifest: Any, what: str) -> None:
         verify_files(engine_dir, manifest)
     except Exception as exc:  # noqa: BLE001 - whatever verify_files raises names the file
         raise IntegrityError(
-            f"{what} failed verification against its manifest.json: {exc}",
+            f"{what} failed verification against its manifest.json: {getattr(exc, 'what', None) or exc}",
             "the stored engine was altered or damaged; re-register the build (or fetch another version)",
         ) from None
 
@@ -168,11 +168,10 @@ class RunHandle:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Log a file or a directory (recursively) as artifacts of this run, with retries."""
         path = Path(path)
-        if path.is_dir():
-            fn = lambda: self.client.log_artifacts(self.run_id, str(path), artifact_path)
-        else:
-            fn = lambda: self.client.log_artifact(self.run_id, str(path), artifact_path)
-        self.registry._with_retries(f"upload {path.name}", fn, self.run_id)
+        log_fn = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
+        self.registry._with_retries(
+            f"upload {path.name}", lambda: log_fn(self.run_id, str(path), artifact_path), self.run_id
+        )
 
     def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
         self.registry._with_retries(
@@ -613,7 +612,8 @@ class Registry:
         if mv.tags.get("gate") != "passed" and not force:
             raise PromotionError(
                 f"{name} version {version} did not pass its gates (gate={mv.tags.get('gate', 'unknown')})",
-                f"promote a version that passed (see `onramp models`), or use `onramp promote {name} {version} --force`",
+                f"promote a version that passed (see `onramp models`), "
+                f"or use `onramp promote {name} {version} --force`",
             )
         current = self.alias_version(name, PRODUCTION)
         if current == version:

@@ -30,7 +30,9 @@ def test_onboarding_run_and_embedded_defaults(onramp_home, make_engine):
         ax.plot([1, 2, 3], [40, 45, 60])
         run.log_figure(fig, "plots/latency.png")
         plt.close(fig)
-        version = reg.register(make_engine("e"), run_id=run.run_id, gate_passed=True, metrics={"ppl_ratio": 1.02})
+        engine = make_engine("e")
+        run.log_artifact(engine / "manifest.json", "manifests")
+        version = reg.register(engine, run_id=run.run_id, gate_passed=True, metrics={"ppl_ratio": 1.02})
     assert version == "1"
 
     parent = reg.client.get_run(run.run_id)
@@ -38,6 +40,7 @@ def test_onboarding_run_and_embedded_defaults(onramp_home, make_engine):
     assert parent.data.params == {"repo": "HuggingFaceTB/SmolLM2-135M-Instruct", "revision": "abc123"}
     assert parent.data.metrics == {"latency_p50_ms": 41.5, "tokens_per_s": 700.0}
     assert {a.path for a in reg.client.list_artifacts(run.run_id, "plots")} == {"plots/latency.png"}
+    assert {a.path for a in reg.client.list_artifacts(run.run_id, "manifests")} == {"manifests/manifest.json"}
     assert (onramp_home / "mlartifacts").is_dir()
     png = list((onramp_home / "mlartifacts").rglob("latency.png"))
     assert len(png) == 1 and png[0].read_bytes()[:4] == b"\x89PNG"
@@ -132,3 +135,14 @@ def test_cli_models_promote_rollback(make_engine):
     assert result.exit_code == 1 and "no earlier production version" in result.output
     result = runner.invoke(app, ["rollback", "nope"])
     assert result.exit_code == 1 and "no registered model 'nope'" in result.output
+
+
+def test_cli_tracking_server_down_is_one_clear_line(monkeypatch):
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("ONRAMP_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    result = CliRunner().invoke(app, ["models"])
+    assert result.exit_code == 1, result.output
+    assert "unreachable" in result.output and "ONRAMP_MLFLOW_TRACKING_URI" in result.output
+    assert "Traceback" not in result.output
