@@ -206,3 +206,46 @@ def plan_checkpoint(checkpoint: Path, hardware: str, **kwargs) -> Plan:
         check_safetensors(checkpoint)  # weights present: safetensors only (config-only dirs plan too)
     return plan(facts_from_config(read_config(checkpoint), checkpoint, where=str(checkpoint / "config.json")),
                 hardware, **kwargs)
+
+
+def plan_source(source: str | Path, hardware: str, *, revision: str | None = None, settings=None, **kwargs) -> Plan:
+    """Plan a local checkpoint dir or a Hub repo id (only config.json and the index are fetched).
+
+    For a Hub repo the file list is checked first: a repository with pickled weights only is
+    refused (``onramp.hub.check_weights_are_safetensors``), as :func:`build_engine` would.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return plan_checkpoint(path, hardware, **kwargs)
+    import re
+    import tempfile
+
+    from builders.errors import CheckpointError
+    from builders.facts import facts_from_config, read_config
+
+    text = str(source)
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text):
+        raise CheckpointError(f"source {text!r} is neither a local checkpoint directory nor a Hub repo id",
+                              "pass a directory with config.json, or ORG/NAME on the Hub (HF_ENDPOINT)")
+    from huggingface_hub import HfApi, hf_hub_download
+
+    from onramp.hub import _hub_error, check_weights_are_safetensors, resolve_revision
+    from onramp.settings import load_settings
+
+    settings = settings or load_settings()
+    endpoint = settings.hf_endpoint
+    sha = resolve_revision(text, revision or "main", endpoint)
+    try:
+        files = HfApi(endpoint=endpoint).list_repo_files(text, revision=sha)
+    except Exception as exc:  # huggingface_hub raises many types
+        raise _hub_error(exc, text, sha, endpoint) from None
+    check_weights_are_safetensors(files, text)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("config.json", "model.safetensors.index.json"):
+            if name in files:
+                try:
+                    hf_hub_download(text, name, revision=sha, endpoint=endpoint, local_dir=tmp)
+                except Exception as exc:
+                    raise _hub_error(exc, text, sha, endpoint) from None
+        facts = facts_from_config(read_config(Path(tmp)), Path(tmp), where=f"{text}@{sha[:12]}/config.json")
+    return plan(facts, hardware, **kwargs)

@@ -10,9 +10,10 @@ from builders import build_engine, read_manifest, verify_files
 from builders.errors import ManifestError
 from onramp.reference import HUB_REPO_ID
 
-pytestmark = pytest.mark.slow
 
 
+
+@pytest.mark.slow
 def test_int8_engine_answers_paris(ov_int8_engine):
     import openvino_genai
 
@@ -27,6 +28,7 @@ def test_int8_engine_answers_paris(ov_int8_engine):
     assert "Paris" in str(answer)
 
 
+@pytest.mark.slow
 def test_int8_engine_runs_under_continuous_batching(ov_int8_engine):
     import openvino_genai
 
@@ -41,6 +43,7 @@ def test_int8_engine_runs_under_continuous_batching(ov_int8_engine):
     assert all("Paris" in r.m_generation_ids[0] for r in results)
 
 
+@pytest.mark.slow
 def test_manifest_describes_the_engine(ov_int8_engine):
     manifest = read_manifest(ov_int8_engine)
     assert manifest.name == "smollm2-135m-instruct"
@@ -54,6 +57,7 @@ def test_manifest_describes_the_engine(ov_int8_engine):
     verify_files(ov_int8_engine, manifest)
 
 
+@pytest.mark.slow
 def test_second_build_request_returns_the_cached_engine(ov_int8_engine, reference_model):
     before = read_manifest(ov_int8_engine)
     inode = ov_int8_engine.stat().st_ino
@@ -64,6 +68,7 @@ def test_second_build_request_returns_the_cached_engine(ov_int8_engine, referenc
     assert read_manifest(again).created == before.created
 
 
+@pytest.mark.slow
 def test_corrupted_engine_file_is_detected(ov_int8_engine, tmp_path):
     import shutil
 
@@ -84,3 +89,18 @@ def test_corrupted_engine_file_is_detected(ov_int8_engine, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(ManifestError, match="surprise"):
         read_manifest(copy)
+
+
+def test_export_command_int4_picks_a_group_size_that_divides_the_channels(reference_model, tmp_path):
+    import sys
+
+    from builders.facts import inspect_checkpoint
+    from builders.openvino import export_command
+
+    facts = inspect_checkpoint(reference_model)
+    # SmolLM2-135M: hidden 576 = 64 x 9 (128 does not divide it), intermediate 1536, 9 heads x 64
+    cmd = export_command(reference_model, tmp_path / "out", "int4", facts)
+    assert cmd == [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "openvino", "--model",
+                   str(reference_model), "--task", "text-generation-with-past", "--weight-format", "int4",
+                   "--group-size", "64", str(tmp_path / "out")]
+    assert "--trust-remote-code" not in export_command(reference_model, tmp_path, "int8", facts)

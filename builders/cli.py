@@ -1,0 +1,64 @@
+"""``onramp plan SOURCE --hardware NAME`` and ``onramp build SOURCE --backend openvino --quant int8``.
+
+Nothing heavy at import: the planner and builders are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("plan")
+    def plan_cmd(
+        source: str = typer.Argument(..., help="A local checkpoint dir (config.json) or a Hub repo id ORG/NAME."),
+        hardware: str = typer.Option(..., "--hardware", help="a100-40gb, a100-80gb, h100-80gb or cpu."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+        revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or sha)."),
+        seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per sequence (default 4096 or max positions)."),
+        usable_fraction: float = typer.Option(0.90, "--usable-fraction", help="Share of device memory usable."),
+        workspace_gib: float = typer.Option(2.0, "--workspace-gib", help="Activation workspace per device (GiB)."),
+        memory_gib: Optional[float] = typer.Option(None, "--memory-gib", help="Override the device memory (GiB)."),
+    ) -> None:
+        """List the layouts (TP x precision) of SOURCE on HARDWARE: feasible ones with KV cache and max
+        batch, rejected ones with their reason."""
+        from builders.planner import plan_source
+        from onramp.cli import fail
+        from onramp.errors import OnrampError
+
+        try:
+            result = plan_source(source, hardware, revision=revision, seq_len=seq_len, usable_fraction=usable_fraction,
+                                 workspace_gib=workspace_gib, memory_gib=memory_gib)
+        except OnrampError as err:
+            fail(err)
+        except ValueError as err:
+            fail(f"bad planner argument: {err}")
+        typer.echo(result.to_json() if as_json else result.table())
+
+    @app.command("build")
+    def build_cmd(
+        source: str = typer.Argument(..., help="A local checkpoint dir or a Hub repo id ORG/NAME."),
+        backend: str = typer.Option("openvino", "--backend", help="openvino or tensorrt_llm."),
+        quant: str = typer.Option("int8", "--quant", help="openvino: int8, int4, fp16; tensorrt_llm: none, int8, "
+                                  "int4, int4_awq, fp8."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Engines root (default: ONRAMP_ENGINES_DIR)."),
+        revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or sha)."),
+        repo: Optional[str] = typer.Option(None, "--repo", help="Repo id a local SOURCE came from (names the engine)."),
+    ) -> None:
+        """Build SOURCE into an engine directory (or find the finished one) and print its path."""
+        from builders.build import build_engine
+        from onramp.cli import fail
+        from onramp.errors import OnrampError
+
+        def progress(msg: str) -> None:
+            typer.secho(msg, err=True)
+
+        try:
+            path = build_engine(source, backend=backend, quant=quant, out_root=out, repo=repo, revision=revision,
+                                progress=progress)
+        except OnrampError as err:
+            fail(err)
+        typer.echo(str(path))

@@ -1,0 +1,59 @@
+"""``onramp plan`` and ``onramp build`` through the real CLI app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from onramp.cli import app
+
+FIXTURES = Path(__file__).parent / "fixtures"
+runner = CliRunner()
+
+
+def test_plan_prints_the_table_with_reasons():
+    result = runner.invoke(app, ["plan", str(FIXTURES / "Llama-2-70b-hf"), "--hardware", "a100-80gb"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "68.98B params" in lines[0]
+    tp1 = next(line for line in lines if line.split()[:2] == ["1", "fp16"])
+    assert "no: weights 128.5 GiB/device + workspace 2 GiB exceed the 72.0 GiB usable" in tp1
+    tp4 = next(line for line in lines if line.split()[:2] == ["4", "fp16"])
+    assert tp4.rstrip().endswith("121  ok")
+
+
+def test_plan_json():
+    result = runner.invoke(app, ["plan", str(FIXTURES / "Llama-2-13b-hf"), "--hardware", "a100-40gb", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["model"]["params"] == 13_015_864_320
+    tp2 = next(o for o in data["options"] if o["tp"] == 2 and o["precision"] == "fp16")
+    assert tp2["feasible"] and tp2["max_batch"] == 14
+
+
+def test_plan_unknown_hardware_is_one_line():
+    result = runner.invoke(app, ["plan", str(FIXTURES / "Llama-2-13b-hf"), "--hardware", "tpu-v5"])
+    assert result.exit_code == 1
+    assert "unknown hardware 'tpu-v5'" in result.output and "a100-40gb" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_build_refuses_bin_only_in_one_line(tmp_path):
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (d / "pytorch_model.bin").write_bytes(b"x")
+    result = runner.invoke(app, ["build", str(d), "--out", str(tmp_path / "engines")])
+    assert result.exit_code == 1
+    assert "only pickled weights" in result.output and "Traceback" not in result.output
+
+
+def test_build_prints_the_cached_engine_dir(ov_int8_engine, reference_model):
+    from onramp.reference import HUB_REPO_ID
+
+    result = runner.invoke(app, ["build", str(reference_model), "--backend", "openvino", "--quant", "int8",
+                                 "--out", str(ov_int8_engine.parent), "--repo", HUB_REPO_ID])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == str(ov_int8_engine)
