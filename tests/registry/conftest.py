@@ -53,7 +53,10 @@ def mlflow_db_template(test_cache) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_mlflow_db(mlflow_db_template, onramp_home, tmp_path) -> None:
+def _fresh_mlflow_db(mlflow_db_template, onramp_home, tmp_path, monkeypatch) -> None:
+    # the CLI sets these with os.environ.setdefault; monkeypatch undoes them after each test
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     for target in (onramp_home / "mlflow.db", tmp_path / "mlflow.db"):
         shutil.copyfile(mlflow_db_template, target)
 
