@@ -26,7 +26,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from builders.backends import get_backend
 from builders.errors import CheckpointError, ManifestError
@@ -62,7 +62,8 @@ def compute_build_id(source_key: str, layout: Layout, backend: str, backend_vers
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def resolve_source(source: str | Path, repo: str | None, revision: str | None, settings) -> tuple[Path, str | None, str | None]:
+def resolve_source(source: str | Path, repo: str | None, revision: str | None,
+                   settings) -> tuple[Path, str | None, str | None]:
     """A local checkpoint dir, or a Hub repo id pulled (pinned to a sha) through ``onramp.hub.pull``."""
     path = Path(source).expanduser()
     if path.is_dir():

@@ -6,7 +6,6 @@ Nothing heavy at import: the planner and builders are imported inside the comman
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,11 +16,12 @@ def register(app: typer.Typer) -> None:
         source: str = typer.Argument(..., help="A local checkpoint dir (config.json) or a Hub repo id ORG/NAME."),
         hardware: str = typer.Option(..., "--hardware", help="a100-40gb, a100-80gb, h100-80gb or cpu."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-        revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or sha)."),
-        seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per sequence (default 4096 or max positions)."),
+        revision: str | None = typer.Option(None, "--revision", help="Hub revision (branch, tag or sha)."),
+        seq_len: int | None = typer.Option(None, "--seq-len",
+                                           help="Tokens per sequence (default 4096 or max positions)."),
         usable_fraction: float = typer.Option(0.90, "--usable-fraction", help="Share of device memory usable."),
         workspace_gib: float = typer.Option(2.0, "--workspace-gib", help="Activation workspace per device (GiB)."),
-        memory_gib: Optional[float] = typer.Option(None, "--memory-gib", help="Override the device memory (GiB)."),
+        memory_gib: float | None = typer.Option(None, "--memory-gib", help="Override the device memory (GiB)."),
     ) -> None:
         """List the layouts (TP x precision) of SOURCE on HARDWARE: feasible ones with KV cache and max
         batch, rejected ones with their reason."""
@@ -44,9 +44,9 @@ def register(app: typer.Typer) -> None:
         backend: str = typer.Option("openvino", "--backend", help="openvino or tensorrt_llm."),
         quant: str = typer.Option("int8", "--quant", help="openvino: int8, int4, fp16; tensorrt_llm: none, int8, "
                                   "int4, int4_awq, fp8."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Engines root (default: ONRAMP_ENGINES_DIR)."),
-        revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or sha)."),
-        repo: Optional[str] = typer.Option(None, "--repo", help="Repo id a local SOURCE came from (names the engine)."),
+        out: Path | None = typer.Option(None, "--out", help="Engines root (default: ONRAMP_ENGINES_DIR)."),
+        revision: str | None = typer.Option(None, "--revision", help="Hub revision (branch, tag or sha)."),
+        repo: str | None = typer.Option(None, "--repo", help="Repo id a local SOURCE came from (names the engine)."),
     ) -> None:
         """Build SOURCE into an engine directory (or find the finished one) and print its path."""
         from builders.build import build_engine

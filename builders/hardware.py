@@ -40,7 +40,7 @@ class Hardware:
     precisions: tuple[str, ...]
     backend: str  # the builder that targets it
 
-    def with_memory(self, memory_gib: float) -> "Hardware":
+    def with_memory(self, memory_gib: float) -> Hardware:
         return replace(self, memory_gib=memory_gib)
 
 

@@ -111,7 +111,8 @@ class Plan:
             tokens = f"{o.kv_tokens:,}" if o.feasible else "-"
             batch = str(o.max_batch) if o.feasible else "-"
             verdict = "ok" if o.feasible else f"no: {o.reason}"
-            lines.append(f"{o.tp:>3} {o.precision:<9} {o.weights_gib:>7.1f} GiB {kv:>9} {tokens:>10} {batch:>9}  {verdict}")
+            lines.append(f"{o.tp:>3} {o.precision:<9} {o.weights_gib:>7.1f} GiB {kv:>9} {tokens:>10} {batch:>9}"
+                         f"  {verdict}")
         return "\n".join(lines)
 
 

@@ -203,7 +203,8 @@ class TensorRTLLMBackend:
                                    "run this build on a GPU worker with TensorRT-LLM (e.g. NVIDIA's "
                                    "tensorrt-llm container), or use --backend openvino on CPUs")
         if shutil.which("trtllm-build") is None:
-            raise BuildUnavailable("unavailable: trtllm-build is not on PATH", "install tensorrt-llm in this environment")
+            raise BuildUnavailable("unavailable: trtllm-build is not on PATH",
+                                   "install tensorrt-llm in this environment")
         gpus = _gpu_count()
         if gpus < ranks:
             raise BuildUnavailable(f"unavailable: {ranks} NVIDIA GPU(s) needed, {gpus} found (nvidia-smi -L)",
