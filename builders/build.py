@@ -44,15 +44,38 @@ def served_name(repo_or_dir: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", last.lower()).strip("-") or "model"
 
 
-def checkpoint_digest(checkpoint: Path) -> str:
-    """sha256 over the checkpoint's files (relative path + content hash), dotfiles excluded."""
-    digest = hashlib.sha256()
-    root = Path(checkpoint)
+def checkpoint_digest(checkpoint: Path, memo_dir: Path | None = None) -> str:
+    """sha256 over the checkpoint's files (relative path + content hash), dotfiles excluded.
+
+    With ``memo_dir``, the result is remembered per checkpoint path together with every file's
+    size and mtime, so asking again for an unchanged checkpoint does not re-read its weights.
+    """
+    root = Path(checkpoint).resolve()
+    files = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
         if path.is_file() and not any(p.startswith(".") for p in rel.parts):
-            digest.update(f"{rel.as_posix()}\0{sha256_file(path)}\n".encode())
-    return digest.hexdigest()
+            st = path.stat()
+            files.append([rel.as_posix(), st.st_size, st.st_mtime_ns])
+    memo = None
+    if memo_dir is not None:
+        memo = Path(memo_dir) / f"{hashlib.sha256(str(root).encode()).hexdigest()[:32]}.json"
+        try:
+            saved = json.loads(memo.read_text())
+            if saved.get("files") == files:
+                return saved["digest"]
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass
+    digest = hashlib.sha256()
+    for rel, _, _ in files:
+        digest.update(f"{rel}\0{sha256_file(root / rel)}\n".encode())
+    result = digest.hexdigest()
+    if memo is not None:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(memo.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"path": str(root), "files": files, "digest": result}))
+        os.replace(tmp, memo)
+    return result
 
 
 def compute_build_id(source_key: str, layout: Layout, backend: str, backend_version: str,
@@ -130,10 +153,13 @@ def build_engine(source: str | Path, *, backend: str = "openvino", quant: str = 
     facts: ModelFacts = inspect_checkpoint(checkpoint)
     layout = layout or impl.default_layout(facts, quant)
     backend_version, toolchain = impl.version(), impl.toolchain()
-    source_key = f"sha:{revision}" if revision and _SHA.match(revision) else f"content:{checkpoint_digest(checkpoint)}"
+    out_root = Path(out_root or settings.engines_dir).expanduser().resolve()
+    if revision and _SHA.match(revision):
+        source_key = f"sha:{revision}"
+    else:
+        source_key = f"content:{checkpoint_digest(checkpoint, memo_dir=out_root / '.digests')}"
     build_id = compute_build_id(source_key, layout, impl.name, backend_version, toolchain)
     name = served_name(repo or checkpoint.name)
-    out_root = Path(out_root or settings.engines_dir).expanduser().resolve()
     final = out_root / engine_dir_name(name, layout, impl.name, build_id)
 
     if finished_build(final, build_id):

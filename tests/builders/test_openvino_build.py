@@ -104,3 +104,21 @@ def test_export_command_int4_picks_a_group_size_that_divides_the_channels(refere
                    str(reference_model), "--task", "text-generation-with-past", "--weight-format", "int4",
                    "--group-size", "64", str(tmp_path / "out")]
     assert "--trust-remote-code" not in export_command(reference_model, tmp_path, "int8", facts)
+
+
+def test_checkpoint_digest_is_remembered_until_a_file_changes(tmp_path):
+    import os
+
+    from builders.build import checkpoint_digest
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(b"a" * 1000)
+    memo = tmp_path / "memo"
+    first = checkpoint_digest(ckpt, memo)
+    assert checkpoint_digest(ckpt, memo) == first == checkpoint_digest(ckpt)  # memo and fresh agree
+    (ckpt / "model.safetensors").write_bytes(b"b" * 1000)  # same size, new content and mtime
+    os.utime(ckpt / "model.safetensors", ns=(1, 1))
+    changed = checkpoint_digest(ckpt, memo)
+    assert changed != first and changed == checkpoint_digest(ckpt)
