@@ -60,6 +60,7 @@ HISTORY_TAG = "onramp.production_history"
 VERSION_TAGS = ("hf_repo", "hf_revision", "backend", "layout", "quantization", "builder_version", "gate")
 _HISTORY_MAX = 50
 _COMPLETE = ".onramp-fetched"
+_STALE_PARTIAL_S = 3600.0
 
 T = TypeVar("T")
 
@@ -706,6 +707,13 @@ class Registry:
             raise RegistryError(f"{name} version {version} has no run (source {mv.source})",
                                 "register engines with `Registry.register`")
         final.parent.mkdir(parents=True, exist_ok=True)
+        # leftovers of a fetch that was killed: never used, removed once surely abandoned
+        for stale in final.parent.glob(f".{version}.partial-*"):
+            with contextlib.suppress(OSError):
+                if time.time() - stale.stat().st_mtime > _STALE_PARTIAL_S:
+                    shutil.rmtree(stale, ignore_errors=True)
+        if final.exists():  # not a finished fetch (no marker): never hand it out
+            shutil.rmtree(final)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{version}.partial-"))
         try:
             self._check_s3(self.client.get_run(mv.run_id).info.artifact_uri)

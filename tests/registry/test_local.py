@@ -146,3 +146,25 @@ def test_cli_tracking_server_down_is_one_clear_line(monkeypatch):
     assert result.exit_code == 1, result.output
     assert "unreachable" in result.output and "ONRAMP_MLFLOW_TRACKING_URI" in result.output
     assert "Traceback" not in result.output
+
+
+def test_partial_downloads_are_never_used(make_engine):
+    import os
+    import time
+
+    reg = Registry()
+    engine = make_engine("p")
+    version = reg.register(engine, gate_passed=True)
+    final = reg._cache_path(NAME, version)
+    final.parent.mkdir(parents=True)
+    # a fetch killed half-way long ago, and a directory at the final path without the marker
+    stale = final.parent / f".{version}.partial-old"
+    (stale / "engine").mkdir(parents=True)
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    final.mkdir()
+    (final / "config.json").write_text("{}")
+    path = reg.fetch(NAME, version)
+    assert path == final and (path / "config.json").read_bytes() == (engine / "config.json").read_bytes()
+    assert not stale.exists()
+    assert [p.name for p in final.parent.iterdir()] == [version]
