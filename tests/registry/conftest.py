@@ -5,6 +5,8 @@
   ``s3://bucket/<unique prefix>`` artifact root and a boto3 client.
 - ``mlflow_server`` (session): ``mlflow server`` as a subprocess, SQLite backend, artifacts on
   the moto S3 (clients write them directly: ``--no-serve-artifacts``).
+- ``flaky_proxy``: a TCP proxy on loopback in front of the moto server that can drop every
+  connection for a while, after a given number of uploaded bytes (a real network failure).
 - ``make_engine``: small engine directories with a real manifest.json (sha256 of every file).
 - ``_fresh_mlflow_db`` (autouse): MLflow creates a new SQLite database by running its ~60
   migrations (5-15 s on a busy 2-core machine); each test instead gets a copy of an empty,
@@ -16,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -207,3 +211,98 @@ def mlflow_server(moto_s3, mlflow_db_template, tmp_path_factory):
                 os.killpg(proc.pid, 9)
                 proc.wait(5)
         log.close()
+
+
+class FlakyProxy:
+    """Forwards 127.0.0.1:port to the target; ``fail_after(n, for_s)`` drops every connection
+    once n bytes went upstream, refuses new ones for ``for_s`` seconds, then forwards again."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.up = threading.Event()
+        self.up.set()
+        self.sent = 0
+        self.trigger: tuple[int, float] | None = None
+        self.outages = 0
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def fail_after(self, nbytes: int, for_s: float) -> None:
+        with self._lock:
+            self.trigger = (self.sent + nbytes, for_s)
+
+    def _outage(self, for_s: float) -> None:
+        self.up.clear()
+        self.outages += 1
+        with self._lock:
+            conns, self._conns = set(self._conns), set()
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+        timer = threading.Timer(for_s, self.up.set)
+        timer.daemon = True
+        timer.start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns |= {client, upstream}
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                if upstream:
+                    with self._lock:
+                        self.sent += len(data)
+                        fire = self.trigger if self.trigger and self.sent >= self.trigger[0] else None
+                        if fire:
+                            self.trigger = None
+                    if fire:
+                        self._outage(fire[1])
+                        return
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._closed = True
+        self.listener.close()
+
+
+@pytest.fixture
+def flaky_proxy(moto_s3):
+    endpoint, _ = moto_s3
+    proxy = FlakyProxy(int(endpoint.rsplit(":", 1)[1]))
+    yield proxy
+    proxy.close()

@@ -109,3 +109,36 @@ def test_cached_copy_damaged_locally_is_fetched_again(s3, make_engine, registry_
     again = reg.fetch("smollm2-135m-instruct", version)
     assert again == path and (again / "config.json").read_bytes() == (engine / "config.json").read_bytes()
     shutil.rmtree(path)
+
+
+def test_s3_drops_mid_upload_and_the_retry_completes_it(s3, flaky_proxy, make_engine, registry_factory,
+                                                         monkeypatch, caplog):
+    # S3 reached through a proxy that cuts every connection 3 MB into the 9 MB file (mid
+    # multipart upload) and refuses connections for 1.5 s; boto3's own retries are off, so the
+    # registry's bounded retry loop must redo the upload.
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", flaky_proxy.url)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    caplog.set_level(logging.WARNING, logger="registry")
+    reg = registry_factory(s3.root, attempts=4, retry_wait=1.0)
+    engine = make_engine("flaky", big=BIG)
+    flaky_proxy.fail_after(3 * 1024 * 1024, for_s=1.5)
+    version = reg.register(engine, gate_passed=True)
+    assert flaky_proxy.outages == 1
+    assert any("failed (attempt 1/4)" in r.getMessage() for r in caplog.records)
+    assert reg.aliases("smollm2-135m-instruct") == {CANDIDATE: version}
+    path = reg.fetch("smollm2-135m-instruct", version)  # verified: the retried upload is whole
+    assert (path / "weights_big.bin").read_bytes() == (engine / "weights_big.bin").read_bytes()
+
+
+def test_s3_down_for_good_mid_upload_leaves_nothing_registered(s3, flaky_proxy, make_engine, registry_factory,
+                                                                monkeypatch):
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", flaky_proxy.url)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    reg = registry_factory(s3.root, attempts=2, retry_wait=0.1)
+    flaky_proxy.fail_after(3 * 1024 * 1024, for_s=60)
+    with pytest.raises(ArtifactStoreError) as err:
+        reg.register(make_engine("gone", big=BIG), gate_passed=True)
+    assert "failed after 2 attempts" in str(err.value) and flaky_proxy.url in str(err.value)
+    assert reg.list_models() == []
+    runs = reg.client.search_runs([reg.experiment_id()])
+    assert [r.info.status for r in runs] == ["FAILED"]
