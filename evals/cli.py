@@ -1,0 +1,120 @@
+"""``onramp eval`` and ``onramp bench``. Nothing heavy is imported at module level."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)
+    app.command("bench")(bench_command)
+
+
+def eval_command(
+    engine_dir: str = typer.Argument(..., help="Engine directory (or an http(s):// endpoint with --model)."),
+    reference: Path = typer.Option(..., "--reference", help="The original checkpoint (safetensors dir)."),
+    profile: str = typer.Option("quick", "--profile", help="Sample limits: quick (CI) or full (evals/profiles.yaml)."),
+    gates: Optional[Path] = typer.Option(None, "--gates", help="Gates YAML (default: evals/gates.yaml)."),
+    production: Optional[Path] = typer.Option(
+        None, "--production", help="JSON file of the production version's metrics, for the regression gate."),
+    model: Optional[str] = typer.Option(None, "--model", help="Served model name, when ENGINE_DIR is a URL."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="ONRAMP_API_KEY",
+                                          help="Bearer key for an endpoint candidate."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write report.json and report.md here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report and gate result as JSON."),
+) -> None:
+    """Quality of ENGINE_DIR vs the reference checkpoint (lm-eval), judged by the gates; exit 1 if a gate fails."""
+    from onramp.cli import fail
+    from onramp.errors import OnrampError
+
+    try:
+        from evals.gates import apply_gates, load_gates
+        from evals.quality import run_quality
+
+        gate_cfg = load_gates(gates)
+        prod = _read_production(production)
+        typer.secho(f"evaluating {engine_dir} (profile {profile}) against {reference}...", err=True)
+        report = run_quality(engine_dir, reference, profile, model=model, api_key=api_key)
+        result = apply_gates(report.metrics(), gate_cfg, prod, sections=["quality"])
+    except OnrampError as err:
+        fail(err)
+    _emit({"quality": report.model_dump(mode="json"), "metrics": report.metrics(),
+           "gate": result.model_dump(mode="json")},
+          report.to_markdown() + "\n" + result.to_markdown(), as_json, out)
+    if not result.passed:
+        typer.secho(f"gate failed: {', '.join(result.failed)}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+
+
+def bench_command(
+    url: str = typer.Argument(..., help="Server base URL, e.g. http://127.0.0.1:8000"),
+    model: str = typer.Option(..., "--model", help="Served model name."),
+    rates: str = typer.Option("0.5,1,2,4", "--rates", help="Comma-separated Poisson request rates (req/s)."),
+    input_tokens: int = typer.Option(700, "--input-tokens", help="Prompt length (tokens, approximate)."),
+    output_tokens: int = typer.Option(550, "--output-tokens", help="Output length (max_tokens)."),
+    requests: int = typer.Option(32, "--requests", help="Requests per rate (at most)."),
+    duration: float = typer.Option(120.0, "--duration", help="Arrival window per rate (s, at most)."),
+    slo: list[float] = typer.Option([60.0, 80.0], "--slo", help="Per-stream decode SLO in tok/s (repeatable)."),
+    single: int = typer.Option(3, "--single", help="Single-stream requests before the sweep."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the Poisson arrivals."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer dir to size prompts exactly."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="ONRAMP_API_KEY", help="Bearer key."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write report.json, report.md and the PNG plots here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Latency: single stream, then a Poisson sweep over --rates (TTFT, ITL, tok/s, max throughput at SLO)."""
+    from onramp.cli import fail
+    from onramp.errors import OnrampError
+
+    from evals.errors import BenchError
+
+    try:
+        try:
+            rate_list = [float(r) for r in rates.split(",") if r.strip()]
+        except ValueError:
+            raise BenchError(f"--rates {rates!r} is not a comma-separated list of numbers",
+                             "pass e.g. --rates 0.5,1,2") from None
+        from evals.latency import run_sweep
+
+        typer.secho(f"benchmarking {model} at {url}, rates {rate_list}...", err=True)
+        report = run_sweep(url, model, rate_list, input_tokens=input_tokens, output_tokens=output_tokens,
+                           requests_per_rate=requests, max_duration_s=duration, slo_tok_s=slo,
+                           single_requests=single, seed=seed, api_key=api_key, tokenizer=tokenizer,
+                           plots_dir=out)
+    except OnrampError as err:
+        fail(err)
+    _emit({"latency": report.model_dump(mode="json"), "metrics": report.metrics()}, report.to_markdown(),
+          as_json, out)
+
+
+def _read_production(path: Path | None) -> dict[str, float] | None:
+    from evals.errors import EvalError
+
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EvalError(f"cannot read production metrics {path}: {exc}",
+                        "pass --production a JSON object of metric name -> number") from None
+    if isinstance(data, dict) and isinstance(data.get("metrics"), dict):
+        data = data["metrics"]
+    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
+        raise EvalError(f"production metrics {path} is not a JSON object of numbers",
+                        "pass --production a JSON object of metric name -> number (or a report with `metrics`)")
+    return data
+
+
+def _emit(payload: dict, markdown: str, as_json: bool, out: Path | None) -> None:
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in (("report.json", json.dumps(payload, indent=2)), ("report.md", markdown)):
+            tmp = out / f".{name}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, out / name)
+    typer.echo(json.dumps(payload, indent=2) if as_json else markdown)

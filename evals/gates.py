@@ -1,0 +1,163 @@
+"""Promotion gates: every metric against its threshold, and against production.
+
+Thresholds live in a versioned YAML file (``evals/gates.yaml`` by default). ``apply_gates``
+lists every check with its value, threshold and verdict, and names the failing ones; a gated
+metric that was not measured fails (an unmeasured build is not a good build), unless its
+section is left out with ``sections=``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from evals.errors import GateConfigError
+
+GATES_FILE = Path(__file__).resolve().parent / "gates.yaml"
+SECTIONS = ("quality", "latency")
+
+
+class Threshold(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max: float | None = None
+    min: float | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "Threshold":
+        if (self.max is None) == (self.min is None):
+            raise ValueError("give exactly one of `max` or `min`")
+        return self
+
+
+class RegressionMetric(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    better: Literal["higher", "lower"]
+    abs_tol: float = Field(0.0, ge=0)
+
+
+class Regression(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_pct: float = Field(10.0, ge=0)
+    metrics: dict[str, RegressionMetric] = Field(default_factory=dict)
+
+
+class Gates(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str | int
+    quality: dict[str, Threshold] = Field(default_factory=dict)
+    latency: dict[str, Threshold] = Field(default_factory=dict)
+    regression: Regression = Field(default_factory=Regression)
+    source: str | None = None
+
+
+class Check(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str
+    kind: Literal["threshold", "regression"]
+    section: str
+    value: float | None
+    threshold: str  # human readable: "<= 1.05", ">= 0.5", "<= 10% worse than 61.9 (production)"
+    passed: bool
+    note: str = ""
+
+
+class GateResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    gates_version: str
+    gates_source: str | None
+    passed: bool
+    checks: list[Check]
+    failed: list[str]  # names of the failing metrics, in check order
+
+    def to_markdown(self) -> str:
+        verdict = "PASS" if self.passed else f"FAIL ({', '.join(self.failed)})"
+        lines = [f"## Gate: **{verdict}**", "",
+                 f"gates version {self.gates_version}" + (f" ({self.gates_source})" if self.gates_source else ""),
+                 "", "| metric | kind | value | threshold | result |", "|---|---|---|---|---|"]
+        for c in self.checks:
+            value = "not measured" if c.value is None else f"{c.value:.4g}"
+            result = "pass" if c.passed else "**FAIL**"
+            lines.append(f"| {c.metric} | {c.kind} | {value} | {c.threshold} | {result}"
+                         f"{' — ' + c.note if c.note else ''} |")
+        return "\n".join(lines) + "\n"
+
+
+def load_gates(path: str | Path | None = None) -> Gates:
+    path = Path(path) if path else GATES_FILE
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise GateConfigError(f"cannot read gates file {path}: {exc}",
+                              "pass --gates with a readable YAML file (see evals/gates.yaml)") from None
+    if not isinstance(data, dict) or "version" not in data:
+        raise GateConfigError(f"gates file {path} has no `version:`",
+                              "gates files are versioned: add `version: N` (see evals/gates.yaml)")
+    try:
+        return Gates(**data, source=str(path))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise GateConfigError(f"gates file {path}: {'.'.join(map(str, first['loc']))}: {first['msg']}",
+                              "fix it after the format of evals/gates.yaml") from None
+
+
+def _finite(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value
+
+
+def apply_gates(metrics: dict[str, float], gates: Gates | str | Path | None = None,
+                production: dict[str, float] | None = None, *,
+                sections: tuple[str, ...] | list[str] | None = None) -> GateResult:
+    """Judge ``metrics`` against the thresholds in ``gates`` and, if given, the production metrics.
+
+    ``sections`` (default: all) picks the threshold sections to apply (``quality``, ``latency``);
+    a metric that is NaN or infinite fails its check.
+    """
+    if not isinstance(gates, Gates):
+        gates = load_gates(gates)
+    sections = tuple(sections) if sections is not None else SECTIONS
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise GateConfigError(f"unknown gate section(s) {sorted(unknown)}", f"use some of {list(SECTIONS)}")
+    checks: list[Check] = []
+    for section in sections:
+        for name, th in getattr(gates, section).items():
+            value = _finite(metrics.get(name))
+            text = f"<= {th.max:g}" if th.max is not None else f">= {th.min:g}"
+            if value is None:
+                checks.append(Check(metric=name, kind="threshold", section=section, value=None, threshold=text,
+                                    passed=False, note="not measured"))
+                continue
+            ok = math.isfinite(value) and (value <= th.max if th.max is not None else value >= th.min)
+            checks.append(Check(metric=name, kind="threshold", section=section, value=value, threshold=text,
+                                passed=ok, note="" if math.isfinite(value) else "not a finite number"))
+    if production:
+        pct = gates.regression.max_pct
+        for name, rule in gates.regression.metrics.items():
+            value, prod = _finite(metrics.get(name)), _finite(production.get(name))
+            if value is None or prod is None or not math.isfinite(prod):
+                continue  # nothing to compare: this build or production did not measure it
+            allowed = abs(prod) * pct / 100 + rule.abs_tol
+            worse = (prod - value) if rule.better == "higher" else (value - prod)
+            ok = math.isfinite(value) and worse <= allowed
+            sign = "-" if rule.better == "higher" else "+"
+            checks.append(Check(
+                metric=name, kind="regression", section="regression", value=value,
+                threshold=f"{'>=' if rule.better == 'higher' else '<='} {prod:.4g} {sign} {pct:g}%"
+                          f"{f' {sign} {rule.abs_tol:g}' if rule.abs_tol else ''} (production {prod:.4g})",
+                passed=ok))
+    failed = [c.metric if c.kind == "threshold" else f"{c.metric} (regression)" for c in checks if not c.passed]
+    return GateResult(gates_version=str(gates.version), gates_source=gates.source, passed=not failed,
+                      checks=checks, failed=failed)

@@ -1,0 +1,442 @@
+"""Latency with the seed's method (pplx-api): single stream, then Poisson arrivals at a sweep of rates.
+
+One asyncio process streams chat completions over HTTP (server-sent events) with httpx; the
+client stays light so it does not steal the CPU the server needs. For each request it records
+the time to first token (TTFT), the gaps between streamed tokens (inter-token latency, ITL)
+and the per-stream decode speed ((tokens - 1) / (last token - first token)). Per rate it reports
+TTFT p50/p99, ITL p50/p99, per-stream decode speed and aggregate output tokens/s; over the
+sweep, the highest aggregate throughput at which the median per-stream decode speed still meets
+each SLO (the seed: 60 and 80 tok/s on A100).
+
+Arrivals: exponential inter-arrival times with a seeded RNG (a Poisson process), bounded by a
+request count and a duration per rate. Requests ask for ``max_tokens`` = the output length and
+send ``ignore_eos`` (servers that do not know it ignore it); the report gives the lengths that
+were actually produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from evals.errors import BenchError
+
+DEFAULT_RATES = (0.5, 1.0, 2.0, 4.0)
+DEFAULT_SLOS = (60.0, 80.0)
+_TOKENS_PER_WORD = 1.3  # English prose under byte-level BPE, used when no tokenizer is given
+
+
+@dataclass
+class RequestRecord:
+    """What one streamed request measured (seconds relative to the sweep's start)."""
+
+    sent: float
+    first_token: float | None = None
+    done: float | None = None
+    token_times: list[float] = field(default_factory=list)
+    output_tokens: int = 0
+    prompt_tokens: int | None = None
+    error: str | None = None
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token is None else self.first_token - self.sent
+
+    @property
+    def itls(self) -> list[float]:
+        return [b - a for a, b in zip(self.token_times, self.token_times[1:])]
+
+    @property
+    def decode_tok_s(self) -> float | None:
+        if self.output_tokens < 2 or len(self.token_times) < 2:
+            return None
+        span = self.token_times[-1] - self.token_times[0]
+        return (self.output_tokens - 1) / span if span > 0 else None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear-interpolated percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def poisson_arrivals(rate: float, n: int, *, seed: int = 0, max_duration_s: float | None = None) -> list[float]:
+    """Arrival times (s from 0) of a Poisson process at ``rate`` req/s: at most ``n``, all < duration."""
+    if rate <= 0 or not math.isfinite(rate):
+        raise BenchError(f"request rate {rate} is not a positive number", "pass --rates with values > 0")
+    rng = random.Random(seed)
+    times, t = [], 0.0
+    while len(times) < n:
+        t += rng.expovariate(rate)
+        if max_duration_s is not None and t >= max_duration_s:
+            break
+        times.append(t)
+    return times
+
+
+class Stats(BaseModel):
+    """Statistics over the requests of one scenario."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: int
+    completed: int
+    errors: int
+    first_error: str | None = None
+    duration_s: float
+    ttft_p50_s: float | None = None
+    ttft_p99_s: float | None = None
+    itl_p50_s: float | None = None
+    itl_p99_s: float | None = None
+    decode_tok_s_p50: float | None = Field(None, description="per-stream decode speed, median over requests")
+    decode_tok_s_p10: float | None = Field(None, description="per-stream decode speed, 10th percentile")
+    output_tok_s: float | None = Field(None, description="aggregate output tokens/s over the scenario")
+    request_throughput: float | None = None
+    mean_output_tokens: float | None = None
+    mean_prompt_tokens: float | None = None
+
+
+class RateResult(Stats):
+    rate: float
+
+
+class SloResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    slo_tok_s: float
+    max_output_tok_s: float | None = Field(None, description="None: no rate met the SLO")
+    at_rate: float | None = None
+
+
+class LatencyReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    seed: int
+    single: Stats | None
+    rates: list[RateResult]
+    slo: list[SloResult]
+    plots: dict[str, str] = Field(default_factory=dict)
+    created: str
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.single is not None:
+            if self.single.ttft_p50_s is not None:
+                out["single_ttft_s"] = self.single.ttft_p50_s
+            if self.single.decode_tok_s_p50 is not None:
+                out["single_decode_tok_s"] = self.single.decode_tok_s_p50
+        p99s = [r.ttft_p99_s for r in self.rates if r.ttft_p99_s is not None]
+        if p99s:
+            out["ttft_p99_s"] = max(p99s)
+        for i, s in enumerate(self.slo):
+            value = s.max_output_tok_s or 0.0
+            out[f"max_throughput_at_slo_{s.slo_tok_s:g}"] = value
+            if i == 0:
+                out["max_throughput_at_slo"] = value
+        return out
+
+    def to_markdown(self) -> str:
+        def f(v, spec=".3g"):
+            return "–" if v is None else format(v, spec)
+
+        lines = [f"## Latency: `{self.model}` at {self.url}", "",
+                 f"~{self.input_tokens} input / {self.output_tokens} output tokens per request; Poisson arrivals, "
+                 f"seed {self.seed}.", ""]
+        if self.single is not None:
+            s = self.single
+            lines += [f"Single stream ({s.completed} requests): TTFT p50 {f(s.ttft_p50_s)} s, decode "
+                      f"{f(s.decode_tok_s_p50)} tok/s, ITL p50 {f(s.itl_p50_s)} s.", ""]
+        lines += ["| rate (req/s) | done/sent | TTFT p50 (s) | TTFT p99 (s) | ITL p50 (s) | ITL p99 (s) | "
+                  "decode/stream p50 (tok/s) | output tok/s |", "|---|---|---|---|---|---|---|---|"]
+        for r in self.rates:
+            lines.append(f"| {r.rate:g} | {r.completed}/{r.requests} | {f(r.ttft_p50_s)} | {f(r.ttft_p99_s)} | "
+                         f"{f(r.itl_p50_s)} | {f(r.itl_p99_s)} | {f(r.decode_tok_s_p50)} | {f(r.output_tok_s)} |")
+        lines.append("")
+        for s in self.slo:
+            if s.max_output_tok_s is None:
+                lines.append(f"- SLO {s.slo_tok_s:g} tok/s per stream: met at no swept rate")
+            else:
+                lines.append(f"- SLO {s.slo_tok_s:g} tok/s per stream: max {s.max_output_tok_s:.1f} output tok/s "
+                             f"(at {s.at_rate:g} req/s)")
+        for name, path in self.plots.items():
+            lines.append(f"- plot {name}: `{path}`")
+        return "\n".join(lines) + "\n"
+
+
+def summarize(records: list[RequestRecord], duration_s: float | None = None) -> Stats:
+    ok = [r for r in records if r.error is None and r.done is not None]
+    errors = [r for r in records if r.error is not None]
+    ttfts = [r.ttft for r in ok if r.ttft is not None]
+    itls = [gap for r in ok for gap in r.itls]
+    decode = [d for r in ok if (d := r.decode_tok_s) is not None]
+    if duration_s is None:
+        starts = [r.sent for r in records]
+        ends = [r.done for r in ok]
+        duration_s = (max(ends) - min(starts)) if ends else 0.0
+    total_out = sum(r.output_tokens for r in ok)
+    prompts = [r.prompt_tokens for r in ok if r.prompt_tokens]
+    return Stats(
+        requests=len(records), completed=len(ok), errors=len(errors),
+        first_error=errors[0].error if errors else None, duration_s=round(duration_s, 3),
+        ttft_p50_s=percentile(ttfts, 50), ttft_p99_s=percentile(ttfts, 99),
+        itl_p50_s=percentile(itls, 50), itl_p99_s=percentile(itls, 99),
+        decode_tok_s_p50=percentile(decode, 50), decode_tok_s_p10=percentile(decode, 10),
+        output_tok_s=total_out / duration_s if duration_s > 0 and ok else None,
+        request_throughput=len(ok) / duration_s if duration_s > 0 and ok else None,
+        mean_output_tokens=statistics.fmean(r.output_tokens for r in ok) if ok else None,
+        mean_prompt_tokens=statistics.fmean(prompts) if prompts else None,
+    )
+
+
+def slo_results(rates: list[RateResult], slos: tuple[float, ...] | list[float]) -> list[SloResult]:
+    """Per SLO: the highest aggregate output tok/s among rates whose median per-stream decode meets it."""
+    out = []
+    for slo in slos:
+        meeting = [r for r in rates if r.completed and r.errors == 0 and r.decode_tok_s_p50 is not None
+                   and r.decode_tok_s_p50 >= slo and r.output_tok_s is not None]
+        best = max(meeting, key=lambda r: r.output_tok_s, default=None)
+        out.append(SloResult(slo_tok_s=slo, max_output_tok_s=best.output_tok_s if best else None,
+                             at_rate=best.rate if best else None))
+    return out
+
+
+_FILLER: list[str] | None = None
+
+
+def _filler_words() -> list[str]:
+    global _FILLER
+    if _FILLER is None:
+        from evals.config import corpus_paragraphs
+
+        _FILLER = " ".join(corpus_paragraphs()).split()
+    return _FILLER
+
+
+def make_prompt(index: int, input_tokens: int, tokenizer=None) -> str:
+    """A prompt of about ``input_tokens`` tokens; each request's text differs (no shared prefix)."""
+    words = _filler_words()
+    n_words = max(1, int(input_tokens / _TOKENS_PER_WORD))
+    start = (index * 37) % len(words)
+    body = [words[(start + i) % len(words)] for i in range(n_words)]
+    text = f"Request {index}. Continue this text:\n" + " ".join(body)
+    if tokenizer is not None:
+        ids = tokenizer.encode(text, add_special_tokens=False)[:input_tokens]
+        text = tokenizer.decode(ids)
+    return text
+
+
+async def _one_request(client, path: str, payload: dict, rec: RequestRecord, t0: float) -> None:
+    try:
+        async with client.stream("POST", path, json=payload) as resp:
+            if resp.status_code != 200:
+                body = (await resp.aread()).decode(errors="replace")[:200]
+                rec.error = f"HTTP {resp.status_code}: {body}"
+                return
+            usage_tokens = None
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    chunk = json.loads(data)
+                except json.JSONDecodeError:
+                    rec.error = f"bad SSE chunk: {data[:80]}"
+                    return
+                if chunk.get("usage"):
+                    usage_tokens = chunk["usage"].get("completion_tokens", usage_tokens)
+                    rec.prompt_tokens = chunk["usage"].get("prompt_tokens", rec.prompt_tokens)
+                for choice in chunk.get("choices") or []:
+                    content = (choice.get("delta") or {}).get("content")
+                    if content:
+                        now = time.perf_counter() - t0
+                        if rec.first_token is None:
+                            rec.first_token = now
+                        rec.token_times.append(now)
+            rec.done = time.perf_counter() - t0
+            rec.output_tokens = usage_tokens if usage_tokens else len(rec.token_times)
+            if rec.first_token is None:
+                rec.error = "stream ended without a token"
+    except Exception as exc:  # httpx errors, cancelled connections
+        rec.error = f"{type(exc).__name__}: {exc}"[:200]
+
+
+def _client(url: str, api_key: str | None, timeout: float):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers,
+                             timeout=httpx.Timeout(timeout, connect=10.0),
+                             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+
+
+def _payload(model: str, prompt: str, output_tokens: int) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": output_tokens,
+            "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
+
+
+async def _run_schedule(url: str, model: str, arrivals: list[float], *, input_tokens: int, output_tokens: int,
+                        api_key: str | None, timeout: float, tokenizer, index0: int = 0) -> list[RequestRecord]:
+    """Send one request at each arrival time (a zero-gap schedule means one after another if serial)."""
+    async with _client(url, api_key, timeout) as client:
+        t0 = time.perf_counter()
+        tasks, records = [], []
+        for i, at in enumerate(arrivals):
+            delay = at - (time.perf_counter() - t0)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            rec = RequestRecord(sent=time.perf_counter() - t0)
+            records.append(rec)
+            payload = _payload(model, make_prompt(index0 + i, input_tokens, tokenizer), output_tokens)
+            tasks.append(asyncio.create_task(_one_request(client, "/v1/chat/completions", payload, rec, t0)))
+        await asyncio.gather(*tasks)
+    return records
+
+
+async def _serial(url: str, model: str, n: int, *, input_tokens: int, output_tokens: int, api_key: str | None,
+                  timeout: float, tokenizer, index0: int = 0) -> list[RequestRecord]:
+    records = []
+    async with _client(url, api_key, timeout) as client:
+        t0 = time.perf_counter()
+        for i in range(n):
+            rec = RequestRecord(sent=time.perf_counter() - t0)
+            await _one_request(client, "/v1/chat/completions",
+                               _payload(model, make_prompt(index0 + i, input_tokens, tokenizer), output_tokens),
+                               rec, t0)
+            records.append(rec)
+    return records
+
+
+def _load_tokenizer(tokenizer):
+    if tokenizer is None or not isinstance(tokenizer, (str, Path)):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer)
+
+
+def _check_reachable(url: str, api_key: str | None) -> None:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        httpx.get(url.rstrip("/") + "/v1/models", headers=headers, timeout=10.0)
+    except httpx.HTTPError as exc:
+        raise BenchError(f"cannot reach {url}: {exc}", "start the server (onramp serve ...) or fix the URL") from None
+
+
+def single_stream(url: str, model: str, *, requests: int = 5, input_tokens: int = 700, output_tokens: int = 550,
+                  api_key: str | None = None, timeout: float = 600.0, tokenizer=None) -> Stats:
+    """One request after another: TTFT and decode speed without contention."""
+    if requests < 1:
+        raise BenchError(f"single stream needs at least one request (got {requests})", "pass --single 1 or more")
+    _check_reachable(url, api_key)
+    records = asyncio.run(_serial(url, model, requests, input_tokens=input_tokens, output_tokens=output_tokens,
+                                  api_key=api_key, timeout=timeout, tokenizer=_load_tokenizer(tokenizer)))
+    return summarize(records)
+
+
+def run_sweep(url: str, model: str, rates: list[float] | tuple[float, ...] = DEFAULT_RATES, *,
+              input_tokens: int = 700, output_tokens: int = 550, requests_per_rate: int = 32,
+              max_duration_s: float = 120.0, slo_tok_s: list[float] | tuple[float, ...] = DEFAULT_SLOS,
+              single_requests: int = 3, warmup_requests: int = 1, seed: int = 0, api_key: str | None = None,
+              timeout: float = 600.0, tokenizer=None, plots_dir: str | Path | None = None) -> LatencyReport:
+    """Single stream, then the Poisson sweep; optional PNG plots into ``plots_dir``."""
+    rates = [float(r) for r in rates]
+    if not rates:
+        raise BenchError("no request rates given", "pass --rates, e.g. --rates 0.5,1,2")
+    for r in rates:
+        poisson_arrivals(r, 0)  # validates the rate
+    if requests_per_rate < 1:
+        raise BenchError(f"requests per rate must be >= 1 (got {requests_per_rate})", "pass --requests 1 or more")
+    _check_reachable(url, api_key)
+    tok = _load_tokenizer(tokenizer)
+    kw = dict(input_tokens=input_tokens, output_tokens=output_tokens, api_key=api_key, timeout=timeout, tokenizer=tok)
+    if warmup_requests:
+        asyncio.run(_serial(url, model, warmup_requests, **{**kw, "output_tokens": min(8, output_tokens)},
+                            index0=10_000))
+    single = summarize(asyncio.run(_serial(url, model, single_requests, **kw, index0=20_000))) \
+        if single_requests else None
+    results = []
+    for i, rate in enumerate(sorted(rates)):
+        arrivals = poisson_arrivals(rate, requests_per_rate, seed=seed + i, max_duration_s=max_duration_s)
+        if not arrivals:
+            arrivals = [0.0]
+        records = asyncio.run(_run_schedule(url, model, arrivals, **kw, index0=1000 * (i + 1)))
+        results.append(RateResult(rate=rate, **summarize(records).model_dump()))
+    if all(r.completed == 0 for r in results) and (single is None or single.completed == 0):
+        first = next((r.first_error for r in results if r.first_error), "no response")
+        raise BenchError(f"every benchmark request to {url} failed: {first}",
+                         "check --model (GET /v1/models lists them) and the API key (--api-key)")
+    report = LatencyReport(url=url, model=model, input_tokens=input_tokens, output_tokens=output_tokens, seed=seed,
+                           single=single, rates=results, slo=slo_results(results, slo_tok_s),
+                           created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    if plots_dir is not None:
+        report.plots = plot_report(report, plots_dir)
+    return report
+
+
+def plot_report(report: LatencyReport, out_dir: str | Path) -> dict[str, str]:
+    """Two PNGs: throughput (aggregate and per stream) and TTFT against request rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    xs = [r.rate for r in report.rates]
+    paths = {}
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(xs, [r.output_tok_s or 0 for r in report.rates], "o-", label="aggregate output tok/s")
+    ax.plot(xs, [r.decode_tok_s_p50 or 0 for r in report.rates], "s--", label="per-stream decode p50 tok/s")
+    for s in report.slo:
+        ax.axhline(s.slo_tok_s, color="grey", lw=0.8, ls=":")
+        ax.annotate(f"SLO {s.slo_tok_s:g}", (xs[0], s.slo_tok_s), fontsize=7, color="grey")
+    ax.set_xlabel("request rate (req/s, Poisson)")
+    ax.set_ylabel("tokens/s")
+    ax.set_title(f"{report.model}: throughput vs request rate")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths["throughput"] = str(_save(fig, out_dir / "throughput_vs_rate.png"))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(xs, [r.ttft_p50_s or 0 for r in report.rates], "o-", label="TTFT p50")
+    ax.plot(xs, [r.ttft_p99_s or 0 for r in report.rates], "s--", label="TTFT p99")
+    ax.set_xlabel("request rate (req/s, Poisson)")
+    ax.set_ylabel("seconds")
+    ax.set_title(f"{report.model}: time to first token vs request rate")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths["ttft"] = str(_save(fig, out_dir / "ttft_vs_rate.png"))
+    plt.close(fig)
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+    return path

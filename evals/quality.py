@@ -1,0 +1,315 @@
+"""Quality of a built engine against its original checkpoint, with lm-eval-harness.
+
+Three measurements, each on the candidate and on the reference (the original checkpoint under
+lm-eval's ``hf`` model, float32 on the CPU):
+
+- GSM8K: zero-shot, chat format, greedy, exact match (``onramp_gsm8k`` task YAML).
+- Perplexity: ``loglikelihood_rolling`` over ``evals/data/corpus.txt`` (``onramp_perplexity``).
+- Greedy agreement: the first K greedy tokens on fixed chat prompts (:mod:`evals.agreement`).
+
+The candidate is an OpenVINO engine dir (lm-eval's ``openvino`` model, OpenVINO GenAI for the
+agreement) or a served endpoint (lm-eval's ``local-chat-completions``; an endpoint gives no
+log-probabilities, so perplexity is not measured there). Reference results are cached by the
+checkpoint's content hash and the eval configuration, so gating a second build is half the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from evals.agreement import AgreementResult, candidate_texts_endpoint, candidate_texts_openvino, compare, \
+    reference_texts
+from evals.config import GSM8K_TASK, PERPLEXITY_TASK, Profile, agreement_prompts, config_fingerprint, \
+    gsm8k_file, load_profile, resolve_tasks
+from evals.errors import EvalError
+
+log = logging.getLogger(__name__)
+
+
+class LmEvalScores(BaseModel):
+    """What one lm-eval run measured on one model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="lm-eval model type: hf, openvino, local-chat-completions")
+    gsm8k_accuracy: float | None = Field(None, description="exact match, flexible-extract filter")
+    gsm8k_accuracy_strict: float | None = None
+    gsm8k_n: int = 0
+    word_perplexity: float | None = None
+    byte_perplexity: float | None = None
+    bits_per_byte: float | None = None
+    perplexity_docs: int = 0
+    seconds: float = 0.0
+    lm_eval_version: str = ""
+
+
+class ReferenceResults(BaseModel):
+    """The reference side of a quality run; cached on disk."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    scores: LmEvalScores
+    greedy_texts: list[str]
+
+
+class QualityReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    candidate: str = Field(description="engine dir or endpoint URL")
+    candidate_kind: str = Field(description="openvino or endpoint")
+    reference: str
+    profile: Profile
+    config_fingerprint: str
+    candidate_scores: LmEvalScores
+    reference_scores: LmEvalScores
+    reference_cached: bool = False
+    agreement: AgreementResult
+    seconds: float
+    created: str
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metrics for gates and MLflow; a metric that was not measured is absent."""
+        c, r = self.candidate_scores, self.reference_scores
+        out: dict[str, float] = {
+            "greedy_agreement": self.agreement.identical,
+            "token_agreement": self.agreement.token_agreement,
+        }
+        if c.word_perplexity is not None and r.word_perplexity is not None:
+            out["candidate_word_perplexity"] = c.word_perplexity
+            out["reference_word_perplexity"] = r.word_perplexity
+            out["perplexity_ratio"] = c.word_perplexity / r.word_perplexity
+        if c.gsm8k_accuracy is not None and r.gsm8k_accuracy is not None:
+            out["candidate_gsm8k_accuracy"] = c.gsm8k_accuracy
+            out["reference_gsm8k_accuracy"] = r.gsm8k_accuracy
+            out["gsm8k_accuracy_drop"] = r.gsm8k_accuracy - c.gsm8k_accuracy
+        return out
+
+    def to_markdown(self) -> str:
+        c, r = self.candidate_scores, self.reference_scores
+
+        def fmt(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.4g}"
+
+        lines = [
+            f"## Quality: `{Path(self.candidate).name or self.candidate}` vs reference",
+            "",
+            f"candidate `{self.candidate}` ({self.candidate_kind}); reference `{self.reference}` (lm-eval hf, "
+            f"float32); profile **{self.profile.name}**; lm-eval {c.lm_eval_version}; config {self.config_fingerprint}",
+            "",
+            "| metric | candidate | reference |",
+            "|---|---|---|",
+            f"| GSM8K exact match (flexible, n={c.gsm8k_n}) | {fmt(c.gsm8k_accuracy)} | {fmt(r.gsm8k_accuracy)} |",
+            f"| GSM8K exact match (strict) | {fmt(c.gsm8k_accuracy_strict)} | {fmt(r.gsm8k_accuracy_strict)} |",
+            f"| word perplexity ({c.perplexity_docs} docs) | {fmt(c.word_perplexity)} | {fmt(r.word_perplexity)} |",
+            f"| bits per byte | {fmt(c.bits_per_byte)} | {fmt(r.bits_per_byte)} |",
+            f"| lm-eval seconds | {c.seconds:.1f} | {r.seconds:.1f}{' (cached)' if self.reference_cached else ''} |",
+            "",
+            f"Greedy agreement on {self.agreement.n_prompts} prompts, first {self.agreement.k} tokens: "
+            f"identical {self.agreement.identical:.3f}, token agreement {self.agreement.token_agreement:.3f}.",
+            "",
+        ]
+        return "\n".join(lines)
+
+
+def _lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
+def _hash_checkpoint(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.is_file() and (file.suffix in (".safetensors", ".json", ".jinja", ".txt", ".model")):
+            digest.update(file.name.encode())
+            with open(file, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _offline_env() -> None:
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import datasets.config
+
+        datasets.config.HF_DATASETS_OFFLINE = True
+        datasets.config.HF_HUB_OFFLINE = True
+    except ImportError:  # pragma: no cover - datasets comes with lm-eval
+        pass
+
+
+def _pick(results: dict, task: str, metric: str) -> float | None:
+    value = (results.get(task) or {}).get(metric)
+    return None if value is None or value == "N/A" else float(value)
+
+
+def run_lm_eval(model: str, model_args: dict[str, Any], profile: Profile, tasks_dir: Path,
+                *, tasks: tuple[str, ...] = (GSM8K_TASK, PERPLEXITY_TASK)) -> LmEvalScores:
+    """One lm_eval.simple_evaluate run of the onramp tasks on one model; returns the scores."""
+    _offline_env()
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    start = time.monotonic()
+    try:
+        out = lm_eval.simple_evaluate(
+            model=model,
+            model_args=model_args,
+            tasks=list(tasks),
+            task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
+            batch_size=1 if model.startswith("local-") else profile.batch_size,
+            apply_chat_template=True,
+            log_samples=False,
+            bootstrap_iters=0,
+            verbosity="WARNING",
+        )
+    except EvalError:
+        raise
+    except Exception as exc:  # lm-eval and the backends raise anything
+        raise EvalError(f"lm-eval ({model}) failed on {model_args.get('pretrained') or model_args.get('base_url')}: "
+                        f"{type(exc).__name__}: {exc}",
+                        "check that the directory is a complete checkpoint / engine (or the endpoint is up); "
+                        "run with -v for lm-eval's log") from exc
+    results = out["results"]
+    n_samples = out.get("n-samples") or {}
+    scores = LmEvalScores(
+        model=model,
+        gsm8k_accuracy=_pick(results, GSM8K_TASK, "exact_match,flexible-extract"),
+        gsm8k_accuracy_strict=_pick(results, GSM8K_TASK, "exact_match,strict-match"),
+        gsm8k_n=int((n_samples.get(GSM8K_TASK) or {}).get("effective", 0)),
+        word_perplexity=_pick(results, PERPLEXITY_TASK, "word_perplexity,none"),
+        byte_perplexity=_pick(results, PERPLEXITY_TASK, "byte_perplexity,none"),
+        bits_per_byte=_pick(results, PERPLEXITY_TASK, "bits_per_byte,none"),
+        perplexity_docs=int((n_samples.get(PERPLEXITY_TASK) or {}).get("effective", 0)),
+        seconds=round(time.monotonic() - start, 2),
+        lm_eval_version=_lm_eval_version(),
+    )
+    log.info("lm-eval %s: %s", model, scores.model_dump())
+    return scores
+
+
+def _write_gsm8k_subset(tasks_dir: Path, profile: Profile) -> None:
+    """Point the resolved GSM8K task at the first ``gsm8k_limit`` problems."""
+    if not profile.gsm8k_limit:
+        return
+    subset = tasks_dir / "gsm8k_subset.jsonl"
+    with open(gsm8k_file(), encoding="utf-8") as src:
+        lines = [line for _, line in zip(range(profile.gsm8k_limit), src)]
+    subset.write_text("".join(lines), encoding="utf-8")
+    task_yaml = tasks_dir / f"{GSM8K_TASK}.yaml"
+    task_yaml.write_text(task_yaml.read_text().replace(str(gsm8k_file()), str(subset)))
+
+
+def check_engine_dir(engine_dir: Path) -> None:
+    """An OpenVINO engine dir: manifest checksums verified when it has one; the IR must be there."""
+    engine_dir = Path(engine_dir)
+    if not engine_dir.is_dir():
+        raise EvalError(f"engine directory {engine_dir} does not exist",
+                        "pass the directory `onramp build` printed (or an optimum-cli OpenVINO export)")
+    if (engine_dir / "manifest.json").is_file():
+        from builders.manifest import read_manifest, verify_files
+        from onramp.errors import OnrampError
+
+        try:
+            verify_files(engine_dir, read_manifest(engine_dir))
+        except OnrampError as err:
+            raise EvalError(f"engine {engine_dir} failed verification: {err.what}", err.fix) from None
+    else:
+        log.warning("%s has no manifest.json: evaluating it unverified", engine_dir)
+    for name in ("openvino_model.xml", "openvino_model.bin", "config.json"):
+        if not (engine_dir / name).is_file():
+            raise EvalError(f"{engine_dir} has no {name}: it is not an OpenVINO engine directory",
+                            "pass an engine directory built by `onramp build` (backend openvino)")
+
+
+def reference_results(reference_dir: Path, profile: Profile, tasks_dir: Path, prompts: list[str],
+                      cache_dir: Path | None) -> tuple[ReferenceResults, bool]:
+    """The reference's scores and greedy texts, from the cache when the same inputs were seen."""
+    import transformers
+
+    key = hashlib.sha256(json.dumps([
+        _hash_checkpoint(reference_dir), config_fingerprint(profile), _lm_eval_version(),
+        transformers.__version__, "float32"]).encode()).hexdigest()[:24]
+    cache_file = Path(cache_dir) / "evals" / f"reference-{key}.json" if cache_dir else None
+    if cache_file is not None and cache_file.is_file():
+        try:
+            cached = ReferenceResults.model_validate_json(cache_file.read_text())
+            if cached.key == key:
+                return cached, True
+        except ValueError:
+            log.warning("ignoring unreadable reference cache %s", cache_file)
+    scores = run_lm_eval("hf", {"pretrained": str(reference_dir), "device": "cpu", "dtype": "float32"},
+                         profile, tasks_dir)
+    texts = reference_texts(reference_dir, prompts, profile.agreement_k)
+    result = ReferenceResults(key=key, scores=scores, greedy_texts=texts)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(result.model_dump_json(indent=1))
+        os.replace(tmp, cache_file)
+    return result, False
+
+
+def run_quality(engine_dir: str | Path, reference_dir: str | Path, profile: str | Profile = "quick", *,
+                model: str | None = None, api_key: str | None = None,
+                cache_dir: Path | None = None, use_cache: bool = True) -> QualityReport:
+    """Evaluate a candidate (engine dir, or an ``http(s)://`` endpoint with ``model``) against the
+    reference checkpoint; every number comes from the runs made here (or cached reference runs)."""
+    start = time.monotonic()
+    prof = load_profile(profile)
+    reference_dir = Path(reference_dir)
+    if not (reference_dir / "config.json").is_file() or not list(reference_dir.glob("*.safetensors")):
+        raise EvalError(f"reference {reference_dir} is not a safetensors checkpoint directory",
+                        "pass --reference with the original checkpoint (e.g. `onramp reference-model` prints one)")
+    is_endpoint = str(engine_dir).startswith(("http://", "https://"))
+    if is_endpoint and not model:
+        raise EvalError(f"endpoint {engine_dir} needs a served model name", "pass --model NAME")
+    if not is_endpoint:
+        engine_dir = Path(engine_dir)
+        check_engine_dir(engine_dir)
+    if cache_dir is None and use_cache:
+        from onramp.settings import load_settings
+
+        cache_dir = load_settings().cache_dir
+    prompts = agreement_prompts()
+    if prof.agreement_prompts:
+        prompts = prompts[: prof.agreement_prompts]
+
+    with tempfile.TemporaryDirectory(prefix="onramp-evals-") as tmp:
+        tasks_dir = resolve_tasks(Path(tmp) / "tasks", prof)
+        _write_gsm8k_subset(tasks_dir, prof)
+        ref, cached = reference_results(reference_dir, prof, tasks_dir, prompts, cache_dir if use_cache else None)
+        if is_endpoint:
+            base = str(engine_dir).rstrip("/")
+            args = {"base_url": f"{base}/v1/chat/completions", "model": model, "num_concurrent": 1,
+                    "max_retries": 2, "tokenizer_backend": None, "tokenized_requests": False,
+                    "max_gen_toks": prof.gsm8k_max_gen_toks}
+            if api_key:
+                args["auth_token"] = api_key
+            cand = run_lm_eval("local-chat-completions", args, prof, tasks_dir, tasks=(GSM8K_TASK,))
+            texts = candidate_texts_endpoint(base, model, prompts, prof.agreement_k, api_key=api_key)
+        else:
+            cand = run_lm_eval("openvino", {"pretrained": str(engine_dir)}, prof, tasks_dir)
+            texts = candidate_texts_openvino(engine_dir, prompts, prof.agreement_k)
+    agreement = compare(reference_dir, ref.greedy_texts, texts, prof.agreement_k)
+    return QualityReport(
+        candidate=str(engine_dir), candidate_kind="endpoint" if is_endpoint else "openvino",
+        reference=str(reference_dir), profile=prof, config_fingerprint=config_fingerprint(prof),
+        candidate_scores=cand, reference_scores=ref.scores, reference_cached=cached, agreement=agreement,
+        seconds=round(time.monotonic() - start, 2),
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
