@@ -430,6 +430,9 @@ class Registry:
         name = name or _get(manifest, "name")
         if not name:
             raise RegistryError(f"{engine_dir}/manifest.json names no model", "pass name=... to register()")
+        if any(c in name for c in "/:") or name != name.strip():
+            raise RegistryError(f"{name!r} cannot be a registered model name (no '/', ':' or outer spaces)",
+                                "pass name=... with the served-model name, e.g. smollm2-135m-instruct")
         source = _get(manifest, "source")
         layout = _get(manifest, "layout")
         version_tags: dict[str, str] = {
@@ -496,6 +499,11 @@ class Registry:
             run.end("FINISHED")
         except BaseException as exc:
             self._undo_register(name, version, created_model, run, exc)
+            if isinstance(exc, MlflowException):
+                raise RegistryError(
+                    f"MLflow refused to register {name}: {str(exc).splitlines()[0][:300]}",
+                    "nothing was registered; fix the tags/name it names and register again",
+                ) from None
             raise
         log.info("registered %s version %s (gate %s)", name, version, version_tags["gate"])
         return version
@@ -532,6 +540,11 @@ class Registry:
             with contextlib.suppress(Exception):
                 if not self.client.search_model_versions(f"name = '{name}'"):
                     self.client.delete_registered_model(name)
+        with contextlib.suppress(Exception):  # what was uploaded, if the store is back (best effort)
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            uri = self.client.get_run(run.run_id).info.artifact_uri
+            get_artifact_repository(uri).delete_artifacts(ENGINE_PATH)
         with contextlib.suppress(Exception):
             run.set_tags({"onramp.error": str(exc)[:500]})
         with contextlib.suppress(Exception):

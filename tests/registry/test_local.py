@@ -106,6 +106,22 @@ def test_register_refuses_a_tampered_engine(make_engine):
     assert reg.list_models() == []
 
 
+def test_failure_after_upload_removes_model_and_files(make_engine, onramp_home):
+    from registry.errors import RegistryError
+
+    reg = Registry()
+    with pytest.raises(RegistryError, match="cannot be a registered model name"):
+        reg.register(make_engine("n"), name="org/model", gate_passed=True)
+    # MLflow refuses the version's tags only after the upload and the registered model exist
+    with pytest.raises(RegistryError, match="MLflow refused to register") as err:
+        reg.register(make_engine("y"), gate_passed=True, tags={"bad key!": "x"})
+    assert "nothing was registered" in str(err.value)
+    assert reg.list_models() == []
+    assert not [p for p in (onramp_home / "mlartifacts").rglob("*") if p.is_file()]
+    runs = reg.client.search_runs([reg.experiment_id()])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
 def test_cli_models_promote_rollback(make_engine):
     reg = Registry()
     reg.register(make_engine("a"), gate_passed=True)
