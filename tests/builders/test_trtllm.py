@@ -99,4 +99,6 @@ def test_default_layout_is_the_smallest_feasible_tp():
 def test_build_here_says_unavailable(tiny_llama, tmp_path):
     with pytest.raises(BuildUnavailable, match="^unavailable: tensorrt_llm is not installed"):
         build_engine(tiny_llama, backend="tensorrt_llm", quant="none", out_root=tmp_path / "engines")
-    assert not (tmp_path / "engines").exists()  # nothing half-written
+    out = tmp_path / "engines"
+    # nothing half-written: no engine dir, no .tmp-* build dir (only the checkpoint digest memo)
+    assert [p.name for p in out.iterdir()] == [".digests"]
