@@ -134,14 +134,15 @@ def _lock(path: Path):
 
 def build_engine(source: str | Path, *, backend: str = "openvino", quant: str = "int8",
                  out_root: Path | None = None, repo: str | None = None, revision: str | None = None,
-                 layout: Layout | None = None, settings=None,
-                 progress: Callable[[str], None] | None = None) -> Path:
+                 layout: Layout | None = None, hardware: str | None = None, tp: int | None = None,
+                 settings=None, progress: Callable[[str], None] | None = None) -> Path:
     """Build (or find already built) the engine of ``source`` and return its directory.
 
     ``source``: a local checkpoint directory or a Hub repo id. ``repo``/``revision`` name
     where a local directory came from (recorded in the manifest; a 40-hex ``revision`` is used
     as the source's identity instead of hashing the files). ``layout`` overrides the
-    backend's default layout for ``quant``.
+    backend's default layout for ``quant``; ``hardware`` (and optionally ``tp``) picks the
+    layout with the planner instead (:func:`builders.planner.choose_layout`).
     """
     from onramp import __version__
     from onramp.settings import load_settings
@@ -151,6 +152,10 @@ def build_engine(source: str | Path, *, backend: str = "openvino", quant: str = 
     impl = get_backend(backend)
     checkpoint, repo, revision = resolve_source(source, repo, revision, settings)
     facts: ModelFacts = inspect_checkpoint(checkpoint)
+    if layout is None and hardware is not None:
+        from builders.planner import choose_layout
+
+        layout = choose_layout(facts, hardware, quant, tp)
     layout = layout or impl.default_layout(facts, quant)
     backend_version, toolchain = impl.version(), impl.toolchain()
     out_root = Path(out_root or settings.engines_dir).expanduser().resolve()

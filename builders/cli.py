@@ -47,6 +47,10 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, "--out", help="Engines root (default: ONRAMP_ENGINES_DIR)."),
         revision: str | None = typer.Option(None, "--revision", help="Hub revision (branch, tag or sha)."),
         repo: str | None = typer.Option(None, "--repo", help="Repo id a local SOURCE came from (names the engine)."),
+        hardware: str | None = typer.Option(None, "--hardware", help="Pick the layout with the planner for this "
+                                            "target (a100-40gb, a100-80gb, h100-80gb, cpu)."),
+        tp: int | None = typer.Option(None, "--tp", help="With --hardware: this tensor-parallel size "
+                                      "(default: the smallest that fits)."),
     ) -> None:
         """Build SOURCE into an engine directory (or find the finished one) and print its path."""
         from builders.build import build_engine
@@ -58,7 +62,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             path = build_engine(source, backend=backend, quant=quant, out_root=out, repo=repo, revision=revision,
-                                progress=progress)
+                                hardware=hardware, tp=tp, progress=progress)
         except OnrampError as err:
             fail(err)
         typer.echo(str(path))

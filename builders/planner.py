@@ -250,3 +250,29 @@ def plan_source(source: str | Path, hardware: str, *, revision: str | None = Non
                     raise _hub_error(exc, text, sha, endpoint) from None
         facts = facts_from_config(read_config(Path(tmp)), Path(tmp), where=f"{text}@{sha[:12]}/config.json")
     return plan(facts, hardware, **kwargs)
+
+
+def choose_layout(facts: ModelFacts, hardware: str, quant: str, tp: int | None = None, **kwargs) -> Layout:
+    """The layout to build for ``quant`` on ``hardware``: the given ``tp``, else the smallest feasible one.
+
+    ``quant`` ``none`` means the checkpoint's 16-bit dtype (fp16 for fp32 checkpoints).
+    Raises :class:`~builders.errors.BuilderError` with the planner's reasons when none fits.
+    """
+    from builders.errors import BuilderError
+
+    precision = quant
+    if quant == "none":
+        precision = facts.dtype if facts.dtype in ("fp16", "bf16") else "fp16"
+    result = plan(facts, hardware, **kwargs)
+    if precision not in result.hardware.precisions:
+        raise BuilderError(f"{result.hardware.name} offers no precision {precision!r}",
+                           f"pass --quant one of {', '.join(result.hardware.precisions)}")
+    rows = [o for o in result.options if o.precision == precision and (tp is None or o.tp == tp)]
+    for option in rows:
+        if option.feasible:
+            return option.to_layout()
+    if not rows:
+        raise BuilderError(f"tp={tp} is not one of {', '.join(map(str, TP_SIZES))}", "pass --tp 1, 2, 4 or 8")
+    reasons = "; ".join(f"TP{o.tp}: {o.reason}" for o in rows)
+    raise BuilderError(f"no feasible {precision} layout on {result.hardware.name}: {reasons}",
+                       "see `onramp plan SOURCE --hardware NAME` and pick another precision, TP or hardware")

@@ -57,3 +57,15 @@ def test_build_prints_the_cached_engine_dir(ov_int8_engine, reference_model):
                                  "--out", str(ov_int8_engine.parent), "--repo", HUB_REPO_ID])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().splitlines()[-1] == str(ov_int8_engine)
+
+
+def test_build_tensorrt_llm_here_is_unavailable_after_planning(tiny_llama, tmp_path):
+    args = ["build", str(tiny_llama), "--backend", "tensorrt_llm", "--quant", "none", "--hardware", "a100-40gb",
+            "--out", str(tmp_path / "engines")]
+    result = runner.invoke(app, args + ["--tp", "8"])
+    # tiny-llama has 4 attention heads: the planner refuses TP8 and says why
+    assert result.exit_code == 1 and "TP8 does not divide the 4 attention heads" in result.output
+    result = runner.invoke(app, args + ["--tp", "2"])
+    assert result.exit_code == 1
+    assert "error: unavailable: tensorrt_llm is not installed here" in result.output
+    assert "Traceback" not in result.output
