@@ -69,3 +69,15 @@ def test_build_tensorrt_llm_here_is_unavailable_after_planning(tiny_llama, tmp_p
     assert result.exit_code == 1
     assert "error: unavailable: tensorrt_llm is not installed here" in result.output
     assert "Traceback" not in result.output
+
+
+def test_importing_builders_imports_no_backend():
+    import subprocess
+    import sys
+
+    code = ("import sys, builders, builders.build, builders.planner, builders.cli, builders.backends; "
+            "heavy = [m for m in sys.modules if m.split('.')[0] in "
+            "('openvino', 'openvino_genai', 'tensorrt_llm', 'torch', 'optimum', 'nncf', 'transformers')]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
