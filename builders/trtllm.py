@@ -26,6 +26,11 @@ Every command line here follows TensorRT-LLM's own documentation; nothing is inv
 - Output: one ``rank{N}.engine`` per rank (N < tp × pp) and ``config.json`` in the output dir
   (``tensorrt_llm/runtime`` loads ``rank{rank}.engine``); the builder checks each exists.
 
+Remote code: qwen's ``convert_checkpoint.py`` calls ``AutoConfig.from_pretrained(...,
+trust_remote_code=True)``. That only matters for a config with ``auto_map``, and such
+checkpoints are refused before any build (:func:`builders.facts.check_architecture`), so no
+checkpoint code can run.
+
 Where ``tensorrt_llm`` cannot be imported, or there are fewer NVIDIA GPUs than ranks, or the
 example scripts are not found, :meth:`TensorRTLLMBackend.check_available` raises
 :class:`BuildUnavailable` ("unavailable: ...") before anything runs.
