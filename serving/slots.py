@@ -35,7 +35,7 @@ class SwapFailed(RequestError):
         self.reason = reason
 
 
-@dataclass
+@dataclass(eq=False)
 class Live:
     name: str
     engine: Engine
@@ -97,6 +97,7 @@ class Slots:
         self._errors: dict[str, str] = {}
         self._queued: dict[str, int] = {}
         self._retiring: set[asyncio.Task] = set()
+        self._retired: set[Live] = set()  # retired engines not closed yet
         self._draining: dict[str, int] = {}
 
     # ------------------------------------------------------------------ lookups
@@ -198,6 +199,7 @@ class Slots:
 
     def _retire(self, old: Live) -> None:
         old.retiring = True
+        self._retired.add(old)
         self._draining[old.name] = self._draining.get(old.name, 0) + 1
         if old.inflight <= 0:
             old.idle.set()
@@ -212,6 +214,7 @@ class Slots:
             log.info("model %s: old engine %s drained and closed", old.name, old.version)
         finally:
             self._draining[old.name] -= 1
+            self._retired.discard(old)
 
     async def remove(self, name: str) -> None:
         lock = self._locks.setdefault(name, asyncio.Lock())
@@ -231,5 +234,6 @@ class Slots:
         for name in list(self._live):
             live = self._live.pop(name)
             self._retire(live)
+        for live in list(self._retired):
             live.idle.set()  # shutting down: do not wait for stragglers
         await self.drained()
