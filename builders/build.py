@@ -25,6 +25,7 @@ import socket
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
 
@@ -132,22 +133,42 @@ def _lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def build_engine(source: str | Path, *, backend: str = "openvino", quant: str = "int8",
-                 out_root: Path | None = None, repo: str | None = None, revision: str | None = None,
-                 layout: Layout | None = None, hardware: str | None = None, tp: int | None = None,
-                 settings=None, progress: Callable[[str], None] | None = None) -> Path:
-    """Build (or find already built) the engine of ``source`` and return its directory.
+@dataclass
+class BuildRequest:
+    """Everything known about a build before it runs: its identity and where it goes."""
 
-    ``source``: a local checkpoint directory or a Hub repo id. ``repo``/``revision`` name
-    where a local directory came from (recorded in the manifest; a 40-hex ``revision`` is used
-    as the source's identity instead of hashing the files). ``layout`` overrides the
-    backend's default layout for ``quant``; ``hardware`` (and optionally ``tp``) picks the
-    layout with the planner instead (:func:`builders.planner.choose_layout`).
-    """
-    from onramp import __version__
+    impl: object
+    checkpoint: Path
+    repo: str | None
+    revision: str | None
+    facts: ModelFacts
+    layout: Layout
+    backend_version: str
+    toolchain: dict[str, str]
+    build_id: str
+    name: str
+    out_root: Path
+    final: Path
+
+    def describe(self) -> str:
+        """The engine dir, build id, layout, whether it is built, and the commands a build runs."""
+        lines = [f"engine: {self.final}", f"build id: {self.build_id}",
+                 f"backend: {self.impl.name} {self.backend_version}",
+                 "layout: " + ", ".join(f"{k}={v}" for k, v in self.layout.model_dump().items()),
+                 f"status: {'built' if finished_build(self.final, self.build_id) else 'not built'}",
+                 "commands (run in a temp dir, renamed into place when done):"]
+        text = self.impl.commands_text(self.checkpoint, self.out_root / f".tmp-{self.final.name}-XXXX",
+                                       self.layout, self.facts)
+        return "\n".join(lines) + "\n" + text.rstrip("\n")
+
+
+def prepare_build(source: str | Path, *, backend: str = "openvino", quant: str = "int8",
+                  out_root: Path | None = None, repo: str | None = None, revision: str | None = None,
+                  layout: Layout | None = None, hardware: str | None = None, tp: int | None = None,
+                  settings=None) -> BuildRequest:
+    """Resolve the source (pulling a Hub repo), check it, pick the layout and compute the build id."""
     from onramp.settings import load_settings
 
-    say = progress or (lambda msg: log.info("%s", msg))
     settings = settings or load_settings()
     impl = get_backend(backend)
     checkpoint, repo, revision = resolve_source(source, repo, revision, settings)
@@ -166,7 +187,32 @@ def build_engine(source: str | Path, *, backend: str = "openvino", quant: str = 
     build_id = compute_build_id(source_key, layout, impl.name, backend_version, toolchain)
     name = served_name(repo or checkpoint.name)
     final = out_root / engine_dir_name(name, layout, impl.name, build_id)
+    return BuildRequest(impl=impl, checkpoint=checkpoint, repo=repo, revision=revision, facts=facts,
+                        layout=layout, backend_version=backend_version, toolchain=toolchain, build_id=build_id,
+                        name=name, out_root=out_root, final=final)
 
+
+def build_engine(source: str | Path, *, backend: str = "openvino", quant: str = "int8",
+                 out_root: Path | None = None, repo: str | None = None, revision: str | None = None,
+                 layout: Layout | None = None, hardware: str | None = None, tp: int | None = None,
+                 settings=None, progress: Callable[[str], None] | None = None) -> Path:
+    """Build (or find already built) the engine of ``source`` and return its directory.
+
+    ``source``: a local checkpoint directory or a Hub repo id. ``repo``/``revision`` name
+    where a local directory came from (recorded in the manifest; a 40-hex ``revision`` is used
+    as the source's identity instead of hashing the files). ``layout`` overrides the
+    backend's default layout for ``quant``; ``hardware`` (and optionally ``tp``) picks the
+    layout with the planner instead (:func:`builders.planner.choose_layout`).
+    """
+    from onramp import __version__
+
+    say = progress or (lambda msg: log.info("%s", msg))
+    req = prepare_build(source, backend=backend, quant=quant, out_root=out_root, repo=repo, revision=revision,
+                        layout=layout, hardware=hardware, tp=tp, settings=settings)
+    impl, checkpoint, repo, revision, facts, layout = (req.impl, req.checkpoint, req.repo, req.revision,
+                                                       req.facts, req.layout)
+    backend_version, toolchain, build_id, name, out_root, final = (req.backend_version, req.toolchain, req.build_id,
+                                                                    req.name, req.out_root, req.final)
     if finished_build(final, build_id):
         say(f"cached: {final}")
         return final

@@ -51,9 +51,11 @@ def register(app: typer.Typer) -> None:
                                             "target (a100-40gb, a100-80gb, h100-80gb, cpu)."),
         tp: int | None = typer.Option(None, "--tp", help="With --hardware: this tensor-parallel size "
                                       "(default: the smallest that fits)."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the engine dir, build id, layout and the "
+                                     "commands a build runs, and build nothing."),
     ) -> None:
         """Build SOURCE into an engine directory (or find the finished one) and print its path."""
-        from builders.build import build_engine
+        from builders.build import build_engine, prepare_build
         from onramp.cli import fail
         from onramp.errors import OnrampError
 
@@ -61,6 +63,10 @@ def register(app: typer.Typer) -> None:
             typer.secho(msg, err=True)
 
         try:
+            if dry_run:
+                typer.echo(prepare_build(source, backend=backend, quant=quant, out_root=out, repo=repo,
+                                         revision=revision, hardware=hardware, tp=tp).describe())
+                return
             path = build_engine(source, backend=backend, quant=quant, out_root=out, repo=repo, revision=revision,
                                 hardware=hardware, tp=tp, progress=progress)
         except OnrampError as err:

@@ -99,6 +99,11 @@ class OpenVINOBackend:
         return Layout(hardware="cpu", tp=1, pp=1, dtype=facts.dtype, quantization=quant,
                       max_batch=32, max_input_len=max_seq // 2, max_seq_len=max_seq)
 
+    def commands_text(self, checkpoint: Path, out_dir: Path, layout: Layout, facts: ModelFacts) -> str:
+        import shlex
+
+        return shlex.join(export_command(Path(checkpoint), Path(out_dir), layout.quantization, facts)) + "\n"
+
     def check_available(self) -> None:
         missing = [p for p in ("openvino", "optimum-intel", "openvino-tokenizers", "nncf") if _version(p) is None]
         if missing:

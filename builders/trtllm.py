@@ -81,11 +81,21 @@ class TRTLLMCommands:
         """The two commands as a bash script (what an operator would run by hand)."""
         lines = ["#!/usr/bin/env bash", "set -euo pipefail"]
         for cmd in (self.convert, self.build):
-            lines.append(" \\\n    ".join(shlex.quote(part) for part in cmd))
+            lines.append(" \\\n    ".join(_flag_groups(cmd)))
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _flag_groups(cmd: list[str]) -> list[str]:
+    """``[prog, script, --a, 1, --b, --c, 2]`` → ``["prog script", "--a 1", "--b", "--c 2"]`` (quoted)."""
+    groups: list[list[str]] = [[]]
+    for part in cmd:
+        if part.startswith("--") and groups[-1]:
+            groups.append([])
+        groups[-1].append(shlex.quote(part))
+    return [" ".join(g) for g in groups]
 
 
 def examples_dir(explicit: Path | None = None) -> Path:
@@ -201,6 +211,9 @@ class TensorRTLLMBackend:
         return trtllm_commands(checkpoint, facts, layout, checkpoint_dir=out_dir / ".tllm_checkpoint",
                                engine_dir=out_dir, examples=self.examples, python=self.python,
                                max_num_tokens=self.max_num_tokens, calib_dataset=self.calib_dataset)
+
+    def commands_text(self, checkpoint: Path, out_dir: Path, layout: Layout, facts: ModelFacts) -> str:
+        return self.commands(checkpoint, out_dir, layout, facts).script()
 
     def check_available(self, ranks: int = 1) -> None:
         if importlib.util.find_spec("tensorrt_llm") is None:

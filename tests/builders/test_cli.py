@@ -81,3 +81,17 @@ def test_importing_builders_imports_no_backend():
             "print(heavy); sys.exit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_build_dry_run_prints_the_commands_and_builds_nothing(tmp_path):
+    out = tmp_path / "engines"
+    result = runner.invoke(app, ["build", str(FIXTURES / "Llama-2-13b-hf"), "--backend", "tensorrt_llm",
+                                 "--quant", "none", "--hardware", "a100-40gb", "--tp", "2", "--dry-run",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "layout: hardware=a100-40gb, tp=2, pp=1, dtype=fp16, quantization=none, max_batch=14" in text
+    assert "status: not built" in text
+    assert "    --tp_size 2 \\\n    --pp_size 1 \\\n    --workers 2\n" in text
+    assert "    --max_batch_size 14 \\\n" in text and "    --kv_cache_type paged \\\n" in text
+    assert not list(out.glob("llama-2-13b-hf*")) and not list(out.glob(".tmp-*"))
