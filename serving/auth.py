@@ -15,7 +15,7 @@ import os
 import secrets
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 from serving.errors import AuthConfigError, Forbidden, Unauthorized
@@ -76,7 +76,7 @@ def create_key(path: Path, name: str, *, admin: bool = False) -> str:
     raw = KEY_PREFIX + secrets.token_urlsafe(32)
     scopes = [USER, ADMIN] if admin else [USER]
     entries.append({"name": name, "sha256": hash_key(raw), "scopes": scopes,
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                    "created": datetime.now(UTC).isoformat(timespec="seconds")})
     _write_file(path, entries)
     return raw
 
@@ -101,7 +101,7 @@ class KeyStore:
         self._keys = list(keys)
 
     @classmethod
-    def load(cls, keys_file: Path | None, *, enabled: bool = True, env: dict | None = None) -> "KeyStore":
+    def load(cls, keys_file: Path | None, *, enabled: bool = True, env: dict | None = None) -> KeyStore:
         if not enabled:
             return cls([], enabled=False)
         env = os.environ if env is None else env

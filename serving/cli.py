@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -30,10 +29,10 @@ def _parse_engines(specs: list[str]) -> dict[str, Path]:
 
 
 def serve(
-    engine: List[str] = typer.Option([], "--engine", help="NAME=ENGINE_DIR; repeat for several models."),
-    host: Optional[str] = typer.Option(None, "--host", help="Default: ONRAMP_API_HOST or 127.0.0.1."),
-    port: Optional[int] = typer.Option(None, "--port", help="Default: ONRAMP_API_PORT or 8000."),
-    keys_file: Optional[Path] = typer.Option(None, "--keys-file", help="Hashed API keys (default: ONRAMP_KEYS_FILE)."),
+    engine: list[str] = typer.Option([], "--engine", help="NAME=ENGINE_DIR; repeat for several models."),
+    host: str | None = typer.Option(None, "--host", help="Default: ONRAMP_API_HOST or 127.0.0.1."),
+    port: int | None = typer.Option(None, "--port", help="Default: ONRAMP_API_PORT or 8000."),
+    keys_file: Path | None = typer.Option(None, "--keys-file", help="Hashed API keys (default: ONRAMP_KEYS_FILE)."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Accept requests without a key (local tests only)."),
     max_queue: int = typer.Option(128, "--max-queue", help="Requests waiting + running per model; beyond: 429."),
     cache_size_gb: int = typer.Option(1, "--cache-size-gb", help="OpenVINO KV cache per engine, GB."),
@@ -113,7 +112,7 @@ def _registry_hooks(settings):
 def keys_create(
     name: str = typer.Argument(..., help="A name for the key (who or what uses it)."),
     admin: bool = typer.Option(False, "--admin", help="Also allow the admin endpoints (swap)."),
-    keys_file: Optional[Path] = typer.Option(None, "--keys-file", help="Default: ONRAMP_KEYS_FILE."),
+    keys_file: Path | None = typer.Option(None, "--keys-file", help="Default: ONRAMP_KEYS_FILE."),
 ) -> None:
     """Create a key; it is printed once and only its sha256 is stored."""
     from onramp.cli import fail
@@ -131,7 +130,7 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(keys_file: Optional[Path] = typer.Option(None, "--keys-file")) -> None:
+def keys_list(keys_file: Path | None = typer.Option(None, "--keys-file")) -> None:
     """List key names and scopes (never the keys)."""
     from onramp.cli import fail
     from onramp.errors import OnrampError
@@ -147,7 +146,7 @@ def keys_list(keys_file: Optional[Path] = typer.Option(None, "--keys-file")) -> 
 
 
 @keys_app.command("revoke")
-def keys_revoke(name: str = typer.Argument(...), keys_file: Optional[Path] = typer.Option(None, "--keys-file")) -> None:
+def keys_revoke(name: str = typer.Argument(...), keys_file: Path | None = typer.Option(None, "--keys-file")) -> None:
     """Remove a key from the keys file."""
     from onramp.cli import fail
     from onramp.errors import OnrampError

@@ -9,7 +9,7 @@ text that could be the start of a stop string is held back until it is known not
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["IncrementalDetokenizer"]
 

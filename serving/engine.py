@@ -10,7 +10,8 @@ nothing outside a backend's own module branches on the backend.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
+from collections.abc import AsyncIterator
 
 __all__ = ["ChatMessage", "Delta", "Engine", "EngineInfo", "GenerationRequest", "SamplingParams", "TokenLogprob"]
 

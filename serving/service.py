@@ -12,7 +12,8 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
+from collections.abc import AsyncIterator
 
 from serving.engine import ChatMessage, Delta, GenerationRequest, SamplingParams
 from serving.errors import RequestError
@@ -121,7 +122,8 @@ class OpenAIService:
             m.completion_tokens.labels(run.model).inc(last_delta.completion_tokens)
 
     # ------------------------------------------------------------------ chat
-    async def chat(self, req: ChatCompletionRequest, *, endpoint: str, pplx: bool = False) -> dict | AsyncIterator[bytes]:
+    async def chat(self, req: ChatCompletionRequest, *, endpoint: str,
+                   pplx: bool = False) -> dict | AsyncIterator[bytes]:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         self._log_request("chat", req, request_id)
         if req.top_logprobs:

@@ -16,7 +16,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from onramp.errors import OnrampError
 from serving.engine import Engine, GenerationRequest, SamplingParams
@@ -61,7 +62,7 @@ class SlotStatus:
 class Lease:
     """A request's hold on one live engine; release it exactly once (it is a context manager)."""
 
-    def __init__(self, slots: "Slots", live: Live):
+    def __init__(self, slots: Slots, live: Live):
         self._slots = slots
         self.live = live
         self.engine = live.engine
@@ -73,7 +74,7 @@ class Lease:
         self._released = True
         self._slots._release(self.live)
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc) -> None:

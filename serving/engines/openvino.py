@@ -21,7 +21,8 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
+from collections.abc import AsyncIterator
 
 from serving.detok import IncrementalDetokenizer
 from serving.engine import Delta, EngineInfo, GenerationRequest, SamplingParams, TokenLogprob
@@ -100,7 +101,7 @@ class OpenVINOEngine:
             self._pipe = ov_genai.ContinuousBatchingPipeline(str(self.engine_dir), self._ov_tokenizer, sched, device)
         except Exception as exc:
             raise EngineLoadError(f"OpenVINO could not load the engine in {self.engine_dir}: {exc}",
-                                  "check that it was built by `onramp build --backend openvino` and is complete") from None
+                                  "check that `onramp build --backend openvino` made it and it is complete") from None
         self._eos = self._ov_tokenizer.get_eos_token_id()
         template_file = self.engine_dir / "chat_template.jinja"
         self._chat_template = template_file.read_text() if template_file.is_file() else ""
@@ -130,7 +131,7 @@ class OpenVINOEngine:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_manifest(cls, engine_dir: Path, manifest: Any, *, name: str, **options: Any) -> "OpenVINOEngine":
+    def from_manifest(cls, engine_dir: Path, manifest: Any, *, name: str, **options: Any) -> OpenVINOEngine:
         layout = getattr(manifest, "layout", None)
         max_context = int(getattr(layout, "max_seq_len", 0) or 0) or 2048
         try:
@@ -368,7 +369,8 @@ class OpenVINOEngine:
                 text += req.detok.flush()
             logprobs = None
             if req.logprobs:
-                logprobs = [TokenLogprob(token=self._decode([t]), logprob=float(lp)) for t, lp in zip(new_ids, lps)]
+                logprobs = [TokenLogprob(token=self._decode([t]), logprob=float(lp))
+                            for t, lp in zip(new_ids, lps, strict=False)]
             if finish is not None:
                 finished.append(rid)
                 self._finish(req, out, finish, text, len(new_ids), logprobs)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
+from collections.abc import AsyncIterator
 
 from serving.engine import Delta, EngineInfo, GenerationRequest, SamplingParams, TokenLogprob
 from serving.errors import BackendUnavailable, ContextLengthError, RequestError
@@ -94,7 +95,7 @@ class TRTLLMEngine:
         self._running: dict[str, Any] = {}
 
     @classmethod
-    def from_manifest(cls, engine_dir: Path, manifest: Any, *, name: str, **options: Any) -> "TRTLLMEngine":
+    def from_manifest(cls, engine_dir: Path, manifest: Any, *, name: str, **options: Any) -> TRTLLMEngine:
         return cls(engine_dir, manifest, name=name, **options)
 
     def describe(self) -> EngineInfo:
@@ -134,7 +135,7 @@ class TRTLLMEngine:
                 lps = None
                 if request.sampling.logprobs and getattr(o, "logprobs_diff", None):
                     lps = [TokenLogprob(self._tokenizer.decode([t]), float(lp if isinstance(lp, float) else 0.0))
-                           for t, lp in zip(new, o.logprobs_diff)]
+                           for t, lp in zip(new, o.logprobs_diff, strict=False)]
                 reason = o.finish_reason if o.finish_reason in ("stop", "length") else None
                 finished = reason is not None or bool(getattr(out, "finished", False))
                 yield Delta(text=o.text_diff, prompt_tokens=len(ids), completion_tokens=done, new_tokens=len(new),
