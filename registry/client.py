@@ -444,6 +444,8 @@ class Registry:
             "quantization": str(_get(layout, "quantization") or "none"),
             "builder_version": str(_get(manifest, "builder_version") or ""),
             "build_id": str(_get(manifest, "build_id") or ""),
+            # the chain of trust: registry DB -> manifest.json's sha256 -> every file's sha256
+            "manifest_sha256": hashlib.sha256((engine_dir / "manifest.json").read_bytes()).hexdigest(),
             "gate": "passed" if gate_passed else "failed",
         }
         version_tags.update({k: str(v) for k, v in (tags or {}).items() if v is not None})
@@ -701,17 +703,18 @@ class Registry:
         """A verified local copy of a registered engine (a version number or an alias).
 
         Downloads into a temporary directory beside the cache, verifies every file's sha256
-        against manifest.json (and the manifest's build_id against the version's tag), then
+        against manifest.json, and manifest.json's own sha256 against the version's tag (so a
+        manifest rewritten in the store to match altered files is refused too), then
         renames it to ``<cache>/<registry>/<name>/<version>``. A cached copy is re-verified
         before it is handed out; a damaged one is replaced. Nothing unverified is ever returned.
         """
         mv = self._version(name, version_or_alias)
         version = str(mv.version)
         final = self._cache_path(name, version)
-        want_build = (mv.tags or {}).get("build_id") or None
+        want = {k: (mv.tags or {}).get(k) or None for k in ("build_id", "manifest_sha256")}
         if (final / _COMPLETE).is_file():
             try:
-                self._check_fetched(final, want_build, f"cached {name} version {version}")
+                self._check_fetched(final, want, f"cached {name} version {version}")
                 return final
             except IntegrityError as exc:
                 log.warning("%s; downloading it again", exc)
@@ -735,7 +738,7 @@ class Registry:
                 lambda: self.client.download_artifacts(mv.run_id, ENGINE_PATH, str(tmp)),
                 mv.run_id,
             ))
-            self._check_fetched(local, want_build, f"{name} version {version} (downloaded)")
+            self._check_fetched(local, want, f"{name} version {version} (downloaded)")
             (local / _COMPLETE).write_text(json.dumps({"name": name, "version": version,
                                                        "run_id": mv.run_id, "fetched": time.time()}))
             try:
@@ -748,14 +751,23 @@ class Registry:
         log.info("fetched %s version %s into %s", name, version, final)
         return final
 
-    def _check_fetched(self, engine_dir: Path, want_build: str | None, what: str) -> None:
-        if not (engine_dir / "manifest.json").is_file():
+    def _check_fetched(self, engine_dir: Path, want: dict[str, str | None], what: str) -> None:
+        path = engine_dir / "manifest.json"
+        if not path.is_file():
             raise IntegrityError(f"{what} has no manifest.json", "re-register the build")
+        if want.get("manifest_sha256"):
+            got = hashlib.sha256(path.read_bytes()).hexdigest()
+            if got != want["manifest_sha256"]:
+                raise IntegrityError(
+                    f"{what}: manifest.json does not match the sha256 registered with the version "
+                    f"({got[:12]} != {want['manifest_sha256'][:12]})",
+                    "the stored manifest was altered; re-register the build",
+                )
         manifest = _read_manifest(engine_dir)
         got_build = _get(manifest, "build_id")
-        if want_build and got_build != want_build:
+        if want.get("build_id") and got_build != want["build_id"]:
             raise IntegrityError(
-                f"{what}: manifest build_id {got_build} differs from the registered {want_build}",
+                f"{what}: manifest build_id {got_build} differs from the registered {want['build_id']}",
                 "the stored manifest was replaced; re-register the build",
             )
         _verify(engine_dir, manifest, what)

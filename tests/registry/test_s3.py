@@ -72,6 +72,26 @@ def test_corrupted_object_is_refused(s3, make_engine, registry_factory):
     assert cached == []
 
 
+def test_rewritten_manifest_in_s3_is_refused(s3, make_engine, registry_factory):
+    """Altered file + a manifest rewritten to match it: refused by the registered manifest sha256."""
+    from builders import manifest as bm
+
+    reg = registry_factory(s3.root)
+    engine = make_engine("m")
+    version = reg.register(engine, gate_passed=True)
+    (engine / "config.json").write_text('{"model_type": "evil"}\n')
+    forged = bm.read_manifest(engine).model_copy(update={"files": bm.hash_files(engine)})
+    bm.write_manifest(engine, forged)
+    bm.verify_files(engine)  # self-consistent: only the registry's record can catch it
+    keys = s3.objects()
+    for rel in ("config.json", "manifest.json"):
+        key = next(k for k in keys if k.endswith(f"/engine/{rel}"))
+        s3.client.put_object(Bucket=s3.bucket, Key=key, Body=(engine / rel).read_bytes())
+    with pytest.raises(IntegrityError, match="manifest.json does not match the sha256 registered"):
+        reg.fetch("smollm2-135m-instruct", version)
+    assert not any(p.is_file() for p in reg.cache_dir.rglob("*"))
+
+
 def test_s3_unreachable_retries_then_fails_cleanly(s3, make_engine, registry_factory, monkeypatch, caplog):
     from tests.conftest import free_port
 
