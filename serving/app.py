@@ -48,6 +48,8 @@ class ServeConfig(BaseModel):
     max_queue: int = Field(128, ge=1, description="requests waiting + running per model; beyond: 429")
     engine_options: dict[str, Any] = Field(default_factory=dict, description="passed to the backend")
     log_prompts: bool = False
+    default_max_tokens: int | None = Field(
+        default=None, ge=1, description="cap for requests that set no max_tokens (default: the context left)")
     resolve_version: Callable[[str, str], Path] | None = Field(
         default=None, description="(name, registry version) -> engine dir, for swaps by version")
 
@@ -289,7 +291,8 @@ def build_app(config: ServeConfig | Any | None = None, *, slots: Slots | None = 
     app.state.slots = slots
     app.state.metrics = metrics
     app.state.keys = keys
-    app.state.service = OpenAIService(slots, metrics, log_prompts=config.log_prompts)
+    app.state.service = OpenAIService(slots, metrics, log_prompts=config.log_prompts,
+                                      default_max_tokens=config.default_max_tokens)
     _install_error_handlers(app)
     app.include_router(_openai_router())
     app.include_router(_ops_router())

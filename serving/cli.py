@@ -35,6 +35,8 @@ def serve(
     keys_file: Path | None = typer.Option(None, "--keys-file", help="Hashed API keys (default: ONRAMP_KEYS_FILE)."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Accept requests without a key (local tests only)."),
     max_queue: int = typer.Option(128, "--max-queue", help="Requests waiting + running per model; beyond: 429."),
+    default_max_tokens: int | None = typer.Option(
+        None, "--default-max-tokens", help="Cap for requests that set no max_tokens (default: the context left)."),
     cache_size_gb: int = typer.Option(1, "--cache-size-gb", help="OpenVINO KV cache per engine, GB."),
     registry: bool = typer.Option(False, "--registry",
                                   help="Also serve each registered model's 'production' alias and swap when it moves."),
@@ -59,7 +61,7 @@ def serve(
             hooks_start, hooks_stop, resolver = _registry_hooks(settings)
         config = ServeConfig(engines=engines, auth=not no_auth, keys_file=settings.keys_file, max_queue=max_queue,
                              engine_options={"cache_size_gb": cache_size_gb}, log_prompts=log_prompts,
-                             resolve_version=resolver)
+                             resolve_version=resolver, default_max_tokens=default_max_tokens)
         app = build_app(config, startup_hooks=hooks_start, shutdown_hooks=hooks_stop)
     except OnrampError as err:
         fail(err)

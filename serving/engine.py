@@ -35,7 +35,8 @@ class EngineInfo:
 class SamplingParams:
     """Sampling knobs shared by every backend (OpenAI's names and meanings)."""
 
-    max_tokens: int | None = None  # None: up to the context limit
+    max_tokens: int | None = None  # None: up to the context limit (or max_tokens_default)
+    max_tokens_default: int | None = None  # the server's cap when the client set no max_tokens
     temperature: float = 1.0  # 0: greedy
     top_p: float = 1.0
     top_k: int = 0  # 0: off

@@ -57,10 +57,12 @@ class _Run:
 
 
 class OpenAIService:
-    def __init__(self, slots: Slots, metrics: Metrics, *, log_prompts: bool = False):
+    def __init__(self, slots: Slots, metrics: Metrics, *, log_prompts: bool = False,
+                 default_max_tokens: int | None = None):
         self.slots = slots
         self.metrics = metrics
         self.log_prompts = log_prompts
+        self.default_max_tokens = default_max_tokens
 
     # ------------------------------------------------------------------ admission
     def _sampling(self, req, max_tokens: int | None, logprobs: bool) -> SamplingParams:
@@ -68,6 +70,7 @@ class OpenAIService:
         return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=top_k,
                               frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
                               stop=req.stop_list(), seed=req.seed, logprobs=logprobs,
+                              max_tokens_default=self.default_max_tokens,
                               ignore_eos=bool((req.model_extra or {}).get("ignore_eos", False)))
 
     def _log_request(self, kind: str, req, request_id: str) -> None:

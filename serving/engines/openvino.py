@@ -192,6 +192,8 @@ class OpenVINOEngine:
                 f"Shorten the {param}.", param=param)
         if max_tokens is None:
             max_tokens = limit - len(ids)
+            if request.sampling.max_tokens_default:
+                max_tokens = min(max_tokens, request.sampling.max_tokens_default)
         elif len(ids) + max_tokens > limit:
             raise ContextLengthError(
                 f"This model's maximum context length is {limit} tokens. However, you requested "

@@ -114,7 +114,8 @@ class TRTLLMEngine:
         limit = self._info.max_context
         if len(ids) >= limit:
             raise ContextLengthError(f"the prompt has {len(ids)} tokens; the context is {limit}", param="messages")
-        max_new = request.sampling.max_tokens or (limit - len(ids))
+        max_new = request.sampling.max_tokens or min(limit - len(ids),
+                                                     request.sampling.max_tokens_default or limit)
         if len(ids) + max_new > limit:
             raise ContextLengthError(f"This model's maximum context length is {limit} tokens; the prompt has "
                                      f"{len(ids)} and max_tokens is {max_new}. Lower max_tokens.")
