@@ -342,15 +342,13 @@ class Registry:
 
     def _with_retries(self, what: str, fn: Callable[[], T], run_id: str | None = None) -> T:
         """Bounded retries with exponential backoff around an artifact transfer."""
-        from mlflow.exceptions import MlflowException
-
         last: BaseException | None = None
         for attempt in range(1, self.attempts + 1):
             try:
                 return fn()
-            except (OSError, MlflowException, Exception) as exc:  # boto3/botocore/s3transfer errors too
-                if isinstance(exc, RegistryError):
-                    raise
+            except RegistryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - OSError, MlflowException, boto3/botocore/s3transfer
                 last = exc
                 if attempt < self.attempts:
                     wait = self.retry_wait * 2 ** (attempt - 1)
@@ -416,7 +414,8 @@ class Registry:
         The engine directory becomes the artifacts (``engine/``) of a new run — a child of
         ``run_id`` (the onboarding run) when given. Only when every file is stored and listed
         back with its manifest size is the model version created, tagged (hf_repo, hf_revision,
-        backend, layout, quantization, builder_version, gate, build_id) and, if the gates passed,
+        backend, layout, quantization, builder_version, gate, build_id, manifest_sha256) and, if
+        the gates passed,
         given the ``candidate`` alias. Any failure leaves no version and no alias behind and marks
         the build run FAILED.
         """
