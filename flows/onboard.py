@@ -40,6 +40,8 @@ class OnboardConfig(BaseModel):
     revision: str = Field("main", description="Branch, tag or commit sha; pinned to a sha at pull time.")
     targets: list[str] = Field(default_factory=lambda: ["cpu"],
                                description="Hardware to build for, e.g. cpu, a100-80gb, h100-80gb.")
+    precision: str | None = Field(None, description="Precision for every target (int8, int4, bf16, fp8...); "
+                                                    "default: int8 on CPUs, the checkpoint's dtype on GPUs.")
     profile: str = Field("quick", description="Eval profile (evals/profiles.yaml): quick or full.")
     gates: str | None = Field(None, description="Gates YAML file; default: evals/gates.yaml.")
     latency: bool = Field(True, description="Measure latency (Poisson load) besides quality.")
@@ -79,8 +81,8 @@ class LayoutOutcome(BaseModel):
     key: str
     target: str
     backend: str
-    quant: str
-    status: str  # infeasible, failed, built, reused
+    precision: str
+    status: str  # infeasible, not selected, failed, built, reused, eval-failed
     reason: str = ""
     engine_dir: str | None = None
     build_id: str | None = None
@@ -115,8 +117,8 @@ def pull_task(repo: str, revision: str, settings: Settings) -> tuple[Path, str]:
 
 
 @task(name="plan", cache_policy=NO_CACHE)
-def plan_task(checkpoint: Path, targets: list[str]) -> list[LayoutPlan]:
-    return steps.plan(checkpoint, targets)
+def plan_task(checkpoint: Path, targets: list[str], precision: str | None) -> list[LayoutPlan]:
+    return steps.plan(checkpoint, targets, precision)
 
 
 @task(name="build", cache_policy=NO_CACHE, task_run_name="build-{layout.key}")
@@ -168,7 +170,7 @@ def _slug(text: str) -> str:
 
 
 def _layout_rows(outcomes: list[LayoutOutcome]) -> list[dict[str, Any]]:
-    return [{"layout": o.key, "target": o.target, "backend": o.backend, "quant": o.quant, "status": o.status,
+    return [{"layout": o.key, "target": o.target, "backend": o.backend, "precision": o.precision, "status": o.status,
              "build_s": o.build_seconds, "gate": o.gate or "", "version": o.version or "",
              "reason": o.reason[:200]} for o in outcomes]
 
@@ -177,17 +179,12 @@ def _eval_markdown(repo: str, sha: str, evals: dict[str, EvalResult], gates: dic
     lines = [f"# Evals and gates: {repo}@{sha[:12]}", ""]
     for key, result in evals.items():
         gate = gates.get(key)
-        verdict = "n/a" if gate is None else ("**passed**" if gate.passed else "**FAILED**")
-        cached = " (cached)" if result.cached else ""
-        lines += [f"## {key}: gate {verdict}{cached}", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4g} |" for k, v in sorted(result.metrics.items())]
-        if gate is not None and gate.rows:
-            cols = list(dict.fromkeys(c for row in gate.rows for c in row))
-            lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-            lines += ["| " + " | ".join(str(row.get(c, "")) for c in cols) + " |" for row in gate.rows]
-        if gate is not None and gate.summary:
-            lines += ["", gate.summary]
-        lines.append("")
+        verdict = "n/a" if gate is None else ("**passed**" if gate.passed else f"**FAILED** ({', '.join(gate.failed)})")
+        cached = f" (cached, profile {result.profile})" if result.cached else f" (profile {result.profile})"
+        lines += [f"# {key}: gate {verdict}{cached}", ""]
+        if gate is not None:
+            lines += [gate.summary, ""]
+        lines += [result.report_md, ""]
     return "\n".join(lines)
 
 
@@ -211,13 +208,13 @@ def onboard(config: OnboardConfig) -> OnboardResult:
     result = OnboardResult(repo=config.repo, sha=sha)
 
     # plan + build: one task per feasible layout, all at once; a failure stays with its layout
-    plans = plan_task(checkpoint, config.targets)
-    futures = {p.key: build_task.submit(checkpoint, p, config.repo, sha, settings) for p in plans if p.feasible}
+    plans = plan_task(checkpoint, config.targets, config.precision)
+    futures = {p.key: build_task.submit(checkpoint, p, config.repo, sha, settings) for p in plans if p.selected}
     outcomes: dict[str, LayoutOutcome] = {}
     for p in plans:
-        outcome = LayoutOutcome(key=p.key, target=p.target, backend=p.backend, quant=p.quant,
-                                status="infeasible", reason=p.reason)
-        if p.feasible:
+        outcome = LayoutOutcome(key=p.key, target=p.target, backend=p.backend, precision=p.precision,
+                                status="not selected" if p.feasible else "infeasible", reason=p.reason)
+        if p.selected:
             futures[p.key].wait()
             if futures[p.key].state.is_completed():
                 engine_dir, made_now = futures[p.key].result()
@@ -239,8 +236,8 @@ def onboard(config: OnboardConfig) -> OnboardResult:
                           description=f"Layouts of {config.repo}@{sha[:12]} for {', '.join(config.targets)}")
     if not built:
         result.layouts = list(outcomes.values())
-        raise OnboardError(f"no layout of {config.repo}@{sha[:12]} could be built "
-                           f"({'; '.join(f'{o.key}: {o.status} {o.reason}' for o in outcomes.values())[:500]})",
+        failures = "; ".join(f"{o.key}: {o.reason}" for o in outcomes.values() if o.status == "failed")
+        raise OnboardError(f"no layout of {config.repo}@{sha[:12]} could be built ({failures[:500] or 'none'})",
                            "see the layouts table artifact; try other --targets")
 
     # evaluate + gate each build (evals are cached by build_id and profile)

@@ -28,6 +28,8 @@ def prefect_env(settings: Settings, api_url: str | None = None) -> dict[str, str
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_COLOR": "false",
+        # the ephemeral API starts a temporary server; on a busy 2-core machine that takes > 20 s
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "DO_NOT_TRACK": "1",
     }
     if api_url:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +26,22 @@ log = logging.getLogger(__name__)
 
 
 class LayoutPlan(BaseModel):
-    """One candidate layout from the planner: build it, or why not."""
+    """One layout the planner considered for a target: built (selected) or not, and why."""
 
     model_config = ConfigDict(extra="forbid")
 
     key: str                       # e.g. "cpu-tp1-int8", unique within a plan
     target: str                    # hardware name as given in --targets
+    kind: str                      # "cpu" or "gpu"
     backend: str
-    quant: str
+    precision: str
+    quantization: str
     tp: int = 1
     feasible: bool = True
+    selected: bool = False         # the one layout per target that gets built
     reason: str = ""
-    spec: dict[str, Any] = Field(default_factory=dict)  # the planner's own spec, passed back to build
+    max_batch: int = 0
+    layout: dict[str, Any] | None = None  # builders.Layout of a feasible option
 
 
 class EvalResult(BaseModel):
@@ -57,8 +62,10 @@ class GateOutcome(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     passed: bool
-    rows: list[dict[str, Any]] = Field(default_factory=list)  # metric, value, threshold, passed
-    summary: str = ""
+    rows: list[dict[str, Any]] = Field(default_factory=list)  # metric, kind, value, threshold, result
+    summary: str = ""  # evals' own markdown of the gate result
+    gates_version: str = ""
+    failed: list[str] = Field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------ pull
@@ -72,34 +79,53 @@ def pull(repo: str, revision: str, settings: Settings) -> tuple[Path, str]:
 
 # ------------------------------------------------------------------------------ plan
 
-def plan(checkpoint: Path, targets: list[str]) -> list[LayoutPlan]:
-    """The layouts to build for ``targets`` (feasible or not, with the planner's reasons)."""
-    from builders import planner
+def default_precision(kind: str, model_dtype: str) -> str:
+    """CPU engines are int8 (OpenVINO weight compression); GPUs keep the checkpoint's 16-bit dtype."""
+    if kind == "cpu":
+        return "int8"
+    return model_dtype if model_dtype in ("fp16", "bf16") else "fp16"
 
-    plans = planner.plan(checkpoint, targets)
+
+def plan(checkpoint: Path, targets: list[str], precision: str | None = None) -> list[LayoutPlan]:
+    """Every layout the planner considers for each target; per target, the smallest-TP feasible
+    layout of the wanted precision is selected for building (the others explain themselves)."""
+    from builders.hardware import get_hardware
+    from builders.planner import plan_checkpoint
+
     out: list[LayoutPlan] = []
-    for p in plans:
-        spec = p.model_dump() if hasattr(p, "model_dump") else dict(p)
-        layout = spec.get("layout") or {}
-        hardware = str(layout.get("hardware") or spec.get("hardware") or "cpu")
-        quant = str(layout.get("quantization") or spec.get("quant") or "int8")
-        tp = int(layout.get("tp") or spec.get("tp") or 1)
-        backend = str(spec.get("backend") or ("openvino" if hardware == "cpu" else "tensorrt_llm"))
-        out.append(LayoutPlan(
-            key=f"{hardware}-tp{tp}-{quant}", target=hardware, backend=backend, quant=quant, tp=tp,
-            feasible=bool(spec.get("feasible", True)), reason=str(spec.get("reason") or ""), spec=spec,
-        ))
+    for target in targets:
+        hw = get_hardware(target)
+        result = plan_checkpoint(checkpoint, hw.name)
+        want = precision or default_precision(hw.kind, result.facts.dtype)
+        if want not in hw.precisions:
+            raise OnboardError(f"{hw.name} offers no precision {want!r}",
+                               f"pass --precision one of {', '.join(hw.precisions)} (or leave it out)")
+        chosen = next((o for o in result.options if o.feasible and o.precision == want), None)
+        for o in result.options:
+            out.append(LayoutPlan(
+                key=f"{hw.name}-tp{o.tp}-{o.precision}", target=hw.name, kind=hw.kind, backend=hw.backend,
+                precision=o.precision, quantization=o.quantization, tp=o.tp, feasible=o.feasible,
+                selected=o is chosen, reason=o.reason, max_batch=o.max_batch,
+                layout=o.to_layout().model_dump() if o.feasible else None,
+            ))
     return out
 
 
 # ------------------------------------------------------------------------------ build
 
 def build(checkpoint: Path, layout: LayoutPlan, repo: str, sha: str, settings: Settings) -> Path:
-    """Build (or reuse: builders caches by build_id) the engine for one layout."""
-    from builders import build_engine
+    """Build (or reuse: builders caches by build_id) the engine of one selected layout.
 
-    return build_engine(checkpoint, backend=layout.backend, quant=layout.quant, out_root=settings.engines_dir,
-                        repo=repo, revision=sha)
+    CPU builds use the backend's own default layout for the quantization (what `onramp build`
+    makes); GPU builds take the planner's layout (TP, max batch from the KV cache left).
+    """
+    from builders import build_engine
+    from builders.manifest import Layout
+
+    quant = layout.quantization if layout.quantization != "none" else layout.precision
+    chosen = Layout(**layout.layout) if layout.kind == "gpu" and layout.layout else None
+    return build_engine(checkpoint, backend=layout.backend, quant=quant, out_root=settings.engines_dir,
+                        repo=repo, revision=sha, layout=chosen, settings=settings)
 
 
 def created_after(engine_dir: Path, started: float) -> bool:
@@ -158,12 +184,12 @@ def evaluate(engine_dir: Path, reference_dir: Path, profile: str, settings: Sett
 
     out_dir = eval_cache_path(settings, build_id, profile).parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    quality = run_quality(engine_dir, reference_dir, profile)
+    quality = run_quality(engine_dir, reference_dir, profile, cache_dir=settings.cache_dir)
     metrics: dict[str, float] = dict(_metrics_of(quality))
     parts = [_markdown_of(quality)]
     plot = None
     if latency:
-        lat_metrics, lat_md, plot = _latency(engine_dir, out_dir)
+        lat_metrics, lat_md, plot = _latency(engine_dir, out_dir, profile)
         metrics.update(lat_metrics)
         parts.append(lat_md)
     result = EvalResult(build_id=build_id, profile=profile, metrics=metrics,
@@ -179,7 +205,7 @@ def _metrics_of(report: Any) -> dict[str, float]:
 
 
 def _markdown_of(report: Any) -> str:
-    for attr in ("markdown", "to_markdown"):
+    for attr in ("to_markdown", "markdown"):
         fn = getattr(report, attr, None)
         if callable(fn):
             return str(fn())
@@ -188,20 +214,75 @@ def _markdown_of(report: Any) -> str:
     return ""
 
 
-def _latency(engine_dir: Path, out_dir: Path) -> tuple[dict[str, float], str, str | None]:
-    """Serve the engine on a free loopback port and run the Poisson sweep against it."""
-    from evals.latency import measure_engine
+# Load for the latency sweep, per eval profile. ``quick`` keeps a CPU onboarding to about a
+# minute; ``full`` is the seed's method as evals.latency defines it (700 in / 550 out, 4 rates).
+LATENCY_LOAD: dict[str, dict[str, Any]] = {
+    "quick": {"rates": (1.0, 2.0), "requests_per_rate": 6, "input_tokens": 128, "output_tokens": 48,
+              "max_duration_s": 20.0, "single_requests": 2},
+    "full": {},
+}
 
-    report = measure_engine(engine_dir)
-    plot_path = out_dir / "latency.png"
-    saver = getattr(report, "save_plot", None) or getattr(report, "plot", None)
-    plot = None
-    if callable(saver):
+
+@contextmanager
+def serve_engine(engine_dir: Path, name: str, *, start_timeout: float = 300.0):
+    """Serve one engine on a free loopback port (``onramp serve``, auth on with a throw-away key)
+    until the block ends; yields ``(url, api_key)``."""
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    import httpx
+
+    from serving.auth import create_key
+
+    with tempfile.TemporaryDirectory(prefix="onramp-bench-") as tmp:
+        keys = Path(tmp) / "keys.json"
+        key = create_key(keys, "latency-bench")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        log_path = Path(tmp) / "serve.log"
+        with log_path.open("wb") as logf:
+            proc = subprocess.Popen([sys.executable, "-m", "onramp", "serve", "--engine", f"{name}={engine_dir}",
+                                     "--host", "127.0.0.1", "--port", str(port), "--keys-file", str(keys)],
+                                    stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            saver(plot_path)
-            plot = str(plot_path) if plot_path.is_file() else None
-        except Exception as exc:  # noqa: BLE001 (a plot is a report, not a result)
-            log.warning("latency plot not written: %s", exc)
+            deadline = time.monotonic() + start_timeout
+            while True:
+                if proc.poll() is not None:
+                    tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                    raise OnboardError(f"the benchmark server for {engine_dir.name} exited: {tail[0][:300]}",
+                                       "try `onramp serve --engine NAME=DIR` by hand to see why")
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise OnboardError(f"the benchmark server for {engine_dir.name} was not ready in "
+                                       f"{start_timeout:.0f} s", "the machine may be overloaded; retry")
+                time.sleep(0.5)
+            yield url, key
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _latency(engine_dir: Path, out_dir: Path, profile: str) -> tuple[dict[str, float], str, str | None]:
+    """The Poisson sweep (evals.latency) against the engine served on a free loopback port."""
+    from evals.latency import run_sweep
+
+    name = read_build(engine_dir)["name"]
+    load = LATENCY_LOAD.get(profile, LATENCY_LOAD["quick"])
+    with serve_engine(engine_dir, name) as (url, key):
+        report = run_sweep(url, name, api_key=key, plots_dir=out_dir / "plots", **load)
+    plot = report.plots.get("throughput") or next(iter(report.plots.values()), None)
     return _metrics_of(report), _markdown_of(report), plot
 
 
@@ -211,12 +292,10 @@ def gate(metrics: dict[str, float], gates: str | None, production: dict[str, flo
     from evals.gates import apply_gates
 
     result = apply_gates(metrics, gates, production=production)
-    rows = []
-    for check in getattr(result, "checks", []) or []:
-        row = check.model_dump() if hasattr(check, "model_dump") else dict(vars(check))
-        rows.append({k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in row.items()})
-    summary = _markdown_of(result) or str(getattr(result, "summary", ""))
-    return GateOutcome(passed=bool(result.passed), rows=rows, summary=summary)
+    rows = [{"metric": c.metric, "kind": c.kind, "value": c.value, "threshold": c.threshold,
+             "result": "pass" if c.passed else "FAIL", "note": c.note} for c in result.checks]
+    return GateOutcome(passed=result.passed, rows=rows, summary=result.to_markdown(),
+                       gates_version=str(result.gates_version), failed=list(result.failed))
 
 
 # ------------------------------------------------------------------------------ register / promote

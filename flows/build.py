@@ -1,0 +1,27 @@
+"""``build-layout``: one flow run per layout, for the ``gpu`` work pool.
+
+A TensorRT-LLM build needs the GPUs of the node it runs on, so each GPU layout can be built
+by its own flow run on a GPU worker (``prefect worker start --pool gpu`` on a node with
+TensorRT-LLM). The flow pulls the pinned revision and builds the layout with the same plain
+functions the onboard flow uses; on a node without TensorRT-LLM the build fails at once,
+saying it is unavailable and why.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flows import steps
+from flows.steps import LayoutPlan
+from onramp.settings import load_settings
+
+
+@flow(name="build-layout", flow_run_name="build {repo}@{revision} {layout.key}")
+def build_layout(repo: str, revision: str, layout: LayoutPlan) -> dict:
+    """Pull ``repo@revision`` and build one layout; returns the engine's manifest."""
+    settings = load_settings()
+    checkpoint, sha = steps.pull(repo, revision, settings)
+    engine_dir = steps.build(checkpoint, layout, repo, sha, settings)
+    manifest = steps.read_build(engine_dir)
+    get_run_logger().info("built %s into %s (build %s)", layout.key, engine_dir, manifest["build_id"][:12])
+    return {"engine_dir": str(engine_dir), **manifest}

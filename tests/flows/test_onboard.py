@@ -1,0 +1,192 @@
+"""The onboard flow: its steps on real checkpoints, engines and MLflow, and the flow end to end.
+
+The slow test drives the whole story on the real parts: a new revision on the loopback
+mirror (olah) → the ``onboard`` flow on a real Prefect API (Completed) → the MLflow version at
+alias ``production`` → ``onramp serve --registry`` (a subprocess with the real OpenVINO engine)
+answering from that version; a rerun of the revision builds nothing; a new revision that fails
+its gates leaves production where it was.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+
+from flows import steps
+from flows.onboard import OnboardConfig
+from onramp.errors import OnrampError
+from onramp.settings import load_settings
+
+# ------------------------------------------------------------------------------ fast
+
+
+def test_config_validation():
+    cfg = OnboardConfig(repo="acme/model", targets="cpu, a100-80gb")
+    assert cfg.targets == ["cpu", "a100-80gb"] and cfg.revision == "main" and cfg.profile == "quick"
+    for bad in ({"repo": "no-slash"}, {"repo": "a/b/c"}, {"repo": "a/b", "targets": ""},
+                {"repo": "a/b", "unknown": 1}):
+        with pytest.raises(ValueError):
+            OnboardConfig(**bad)
+
+
+def test_plan_selects_one_layout_per_target(reference_model):
+    plans = steps.plan(reference_model, ["cpu", "a100-80gb", "h100-80gb"])
+    selected = {p.target: p for p in plans if p.selected}
+    assert set(selected) == {"cpu", "a100-80gb", "h100-80gb"}
+    cpu = selected["cpu"]
+    assert (cpu.backend, cpu.precision, cpu.tp) == ("openvino", "int8", 1)
+    gpu = selected["a100-80gb"]
+    assert (gpu.backend, gpu.precision, gpu.tp) == ("tensorrt_llm", "bf16", 1)  # the checkpoint's dtype
+    assert gpu.layout["tp"] == 1 and gpu.layout["max_batch"] >= 1
+    rejected = [p for p in plans if not p.feasible]
+    assert rejected and all(p.reason for p in rejected)
+    # SmolLM2-135M has 9 attention heads: TP2 cannot split them, and the row says so
+    assert any(p.tp == 2 and "heads" in p.reason for p in rejected)
+    assert len({p.key for p in plans}) == len(plans)
+    int4 = [p for p in steps.plan(reference_model, ["cpu"], "int4") if p.selected]
+    assert [(p.precision, p.quantization) for p in int4] == [("int4", "int4")]
+
+
+def test_plan_refuses_unknown_hardware_and_precision(reference_model):
+    with pytest.raises(OnrampError, match="unknown hardware 'tpu-v5'"):
+        steps.plan(reference_model, ["tpu-v5"])
+    with pytest.raises(OnrampError, match="offers no precision 'fp8'"):
+        steps.plan(reference_model, ["cpu"], "fp8")
+
+
+def test_gpu_layout_says_it_is_unavailable_here(reference_model):
+    gpu = next(p for p in steps.plan(reference_model, ["a100-80gb"]) if p.selected)
+    with pytest.raises(OnrampError, match="unavailable"):
+        steps.build(reference_model, gpu, "acme/x", "0" * 40, load_settings())
+
+
+def test_eval_cache_roundtrip():
+    settings = load_settings()
+    assert steps.load_cached_eval(settings, "b" * 64, "quick") is None
+    result = steps.EvalResult(build_id="b" * 64, profile="quick", metrics={"perplexity_ratio": 1.01},
+                              report_md="## Quality", plot="/nonexistent.png", seconds=3.0)
+    path = steps.save_eval(settings, result)
+    assert path == settings.home / "evals" / ("b" * 64) / "quick.json"
+    cached = steps.load_cached_eval(settings, "b" * 64, "quick")
+    assert cached.cached and cached.metrics == {"perplexity_ratio": 1.01} and cached.plot is None
+    assert steps.load_cached_eval(settings, "b" * 64, "full") is None
+    path.write_text("{broken")
+    assert steps.load_cached_eval(settings, "b" * 64, "quick") is None  # evaluated again, not trusted
+
+
+def test_registering_a_build_twice_makes_one_version(ov_int8_engine):
+    from registry.client import Registry
+
+    registry = Registry(load_settings())
+    name, v1, created = steps.register(registry, ov_int8_engine, run_id=None, gate_passed=False,
+                                       metrics={"perplexity_ratio": 1.0}, tags={})
+    assert created and registry.client.get_model_version(name, v1).tags["gate"] == "failed"
+    name2, v2, created2 = steps.register(registry, ov_int8_engine, run_id=None, gate_passed=True,
+                                         metrics={"perplexity_ratio": 1.0}, tags={})
+    assert (name2, v2, created2) == (name, v1, False)
+    assert len(registry.client.search_model_versions(f"name = '{name}'")) == 1
+    # passing its gates now makes it promotable and the candidate
+    assert registry.client.get_model_version(name, v1).tags["gate"] == "passed"
+    assert registry.alias_version(name, "candidate") == v1
+    assert steps.production_metrics(registry, name) is None
+
+
+# ------------------------------------------------------------------------------ end to end
+
+IMPOSSIBLE_GATES = {"version": "test-impossible", "quality": {"perplexity_ratio": {"max": 0.0001}},
+                    "latency": {}, "regression": {"max_pct": 10, "metrics": {}}}
+
+
+@pytest.mark.slow
+def test_new_revision_to_served_endpoint_rerun_and_failing_gate(prefect_server, hub_mirror, reference_model,
+                                                                 monkeypatch, onramp_home, tmp_path):
+    from flows.demo import chat, served_version, wait_served
+    from flows.onboard import onboard
+    from flows.up import Up
+    from onramp.mirror import publish
+    from registry.client import Registry
+
+    repo = f"e2e-{time.monotonic_ns() % 10**8}/SmolLM2-135M-Instruct"
+    monkeypatch.setenv("ONRAMP_HF_ENDPOINT", hub_mirror.url)
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("ONRAMP_API_PORT", str(free_port()))
+    settings = load_settings()
+    registry = Registry(settings)
+    sha1 = publish(repo, reference_model, hub_mirror.mirror_dir, "first revision")
+
+    api = Up(settings, services=("api",), progress=lambda _: None)
+    api.start()
+    try:
+        # 1. a new revision: built (the GPU layout fails alone: no TensorRT-LLM here), evaluated,
+        #    gated, registered, promoted, and served
+        state = onboard(OnboardConfig(repo=repo, revision=sha1, targets=["cpu", "a100-80gb"],
+                                      serving_timeout_s=0), return_state=True)
+        assert state.is_completed(), state.message
+        first = state.result()
+        assert first.sha == sha1 and first.promoted and first.gate_passed
+        assert first.builds_made == 1 and first.evals_run == 1
+        by_target = {o.target: o for o in first.layouts if o.status not in ("infeasible", "not selected")}
+        assert by_target["cpu"].status == "built" and by_target["cpu"].gate == "passed"
+        assert by_target["a100-80gb"].status == "failed" and "unavailable" in by_target["a100-80gb"].reason
+        name, v1 = first.model, first.version
+        assert registry.alias_version(name, "production") == v1
+        mv = registry.client.get_model_version(name, v1)
+        assert mv.tags["hf_revision"] == sha1 and mv.tags["gate"] == "passed"
+        wait_served(api.api_url, api.api_key, name, v1, timeout=300)
+        answer = chat(api.api_url, api.api_key, name)
+        assert "Paris" in answer["choices"][0]["message"]["content"]
+        _assert_artifacts(repo)
+
+        # 2. the same revision again: nothing built, evaluated or registered again
+        started = time.monotonic()
+        again = onboard(OnboardConfig(repo=repo, revision=sha1, serving_timeout_s=0))
+        assert (again.builds_made, again.evals_run, again.version) == (0, 0, v1)
+        assert [o.status for o in again.layouts if o.target == "cpu" and o.status != "infeasible"] == ["reused"]
+        assert len(registry.client.search_model_versions(f"name = '{name}'")) == 1
+        rerun_s = time.monotonic() - started
+
+        # 3. a new revision that fails its gates: registered as failed, production untouched
+        sha2 = publish(repo, reference_model, hub_mirror.mirror_dir, "second revision")
+        gates = tmp_path / "impossible.yaml"
+        gates.write_text(yaml.safe_dump(IMPOSSIBLE_GATES))
+        failed = onboard(OnboardConfig(repo=repo, revision=sha2, gates=str(gates), latency=False,
+                                       serving_timeout_s=0), return_state=True)
+        assert failed.is_failed()
+        assert "no build passed its gates" in failed.message
+        assert registry.alias_version(name, "production") == v1
+        versions = {mv.version: mv.tags for mv in registry.client.search_model_versions(f"name = '{name}'")}
+        assert len(versions) == 2
+        v2 = max(versions, key=int)
+        assert versions[v2]["hf_revision"] == sha2 and versions[v2]["gate"] == "failed"
+        assert served_version(api.api_url, api.api_key, name) == v1
+    finally:
+        api.stop()
+    assert rerun_s < 120, f"a rerun took {rerun_s:.0f} s"
+
+
+def _assert_artifacts(repo: str) -> None:
+    """The keyed artifacts the Prefect UI shows for an onboarding."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.onboard import _slug
+
+    slug = _slug(repo)
+
+    async def read() -> dict[str, object]:
+        async with get_client() as client:
+            keys = [f"{slug}-{k}" for k in ("layouts", "evals", "latency", "mlflow-run", "mlflow-version", "result")]
+            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+            return {a.key: a for a in arts}
+
+    arts = asyncio.run(read())
+    assert {f"{slug}-layouts", f"{slug}-evals", f"{slug}-latency", f"{slug}-mlflow-run",
+            f"{slug}-mlflow-version", f"{slug}-result"} <= set(arts)
+    assert arts[f"{slug}-layouts"].type == "table"
+    assert "gate" in str(arts[f"{slug}-evals"].data)
+    assert "data:image/png;base64," in str(arts[f"{slug}-latency"].data)
