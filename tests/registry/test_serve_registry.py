@@ -1,0 +1,77 @@
+"""`onramp serve --registry` follows the production alias of the real engine: promote, rollback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from builders.manifest import read_manifest
+from registry.client import Registry
+from tests.conftest import free_port
+
+
+def _served_version(url: str, name: str, proc: subprocess.Popen, log: Path) -> str | None:
+    if proc.poll() is not None:
+        raise AssertionError(f"onramp serve exited {proc.returncode}: {log.read_text()[-3000:]}")
+    try:
+        r = httpx.get(f"{url}/v1/models", timeout=5)
+    except httpx.HTTPError:
+        return None
+    for model in r.json().get("data", []) if r.status_code == 200 else []:
+        if model.get("id") == name:
+            return str(model.get("version"))
+    return None
+
+
+def _wait_for(url, name, version, proc, log, timeout=240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := _served_version(url, name, proc, log)) != version:
+        assert time.monotonic() < deadline, f"{name} still at {got}, not {version}: {log.read_text()[-2000:]}"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_serve_registry_swaps_on_promote_and_rollback(ov_int8_engine, onramp_home, tmp_path):
+    from openai import OpenAI
+
+    name = read_manifest(ov_int8_engine).name
+    reg = Registry()
+    v1 = reg.register(ov_int8_engine, gate_passed=True)
+    v2 = reg.register(ov_int8_engine, gate_passed=True)  # a re-registration: a new version, same files
+    reg.promote(name, v1)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "onramp"), "serve", "--registry", "--no-auth",
+             "--port", str(port), "--default-max-tokens", "16"],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ}, start_new_session=True,
+        )
+    try:
+        _wait_for(url, name, v1, proc, log)
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+        reply = client.chat.completions.create(
+            model=name, messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=12,
+            temperature=0)
+        assert "Paris" in reply.choices[0].message.content
+
+        reg.promote(name, v2)
+        _wait_for(url, name, v2, proc, log)
+        assert reg.rollback(name) == v1
+        _wait_for(url, name, v1, proc, log)  # serving enters an engine only after its warm-up
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait(5)
