@@ -253,15 +253,17 @@ def _admin_router() -> APIRouter:
 
 def build_app(config: ServeConfig | Any | None = None, *, slots: Slots | None = None,
               keys: KeyStore | None = None, startup_hooks: Sequence[Hook] = (),
-              shutdown_hooks: Sequence[Hook] = ()) -> FastAPI:
+              shutdown_hooks: Sequence[Hook] = (), settings: Any | None = None) -> FastAPI:
     """The server. ``config`` is a :class:`ServeConfig` or onramp ``Settings`` (then nothing is
     preloaded and the keys file comes from the settings). Engines named in ``config.engines``
     load in the background at startup (``/readyz`` says when they are live). ``startup_hooks``
     and ``shutdown_hooks`` are ``async fn(app)`` run after the engines start loading and before
-    they close (e.g. a registry alias watcher that calls ``app.state.slots.swap``)."""
+    they close (e.g. a registry alias watcher that calls ``app.state.slots.swap``). ``settings``
+    (onramp Settings) is kept on ``app.state.settings`` for routers that need it."""
     if config is None:
         config = ServeConfig()
     elif not isinstance(config, ServeConfig):  # onramp Settings
+        settings = settings or config
         config = ServeConfig(keys_file=getattr(config, "keys_file", None))
     metrics = slots.metrics if slots is not None else Metrics()
     slots = slots or Slots(metrics=metrics, max_queue=config.max_queue, engine_options=config.engine_options)
@@ -288,6 +290,7 @@ def build_app(config: ServeConfig | Any | None = None, *, slots: Slots | None = 
     app = FastAPI(title="onramp", version="0.1.0", lifespan=lifespan,
                   description="OpenAI- and pplx-api-compatible chat completions over hot-swappable engines.")
     app.state.config = config
+    app.state.settings = settings  # onramp Settings when given (the webhook router reads its secret there)
     app.state.slots = slots
     app.state.metrics = metrics
     app.state.keys = keys

@@ -62,7 +62,7 @@ def serve(
         config = ServeConfig(engines=engines, auth=not no_auth, keys_file=settings.keys_file, max_queue=max_queue,
                              engine_options={"cache_size_gb": cache_size_gb}, log_prompts=log_prompts,
                              resolve_version=resolver, default_max_tokens=default_max_tokens)
-        app = build_app(config, startup_hooks=hooks_start, shutdown_hooks=hooks_stop)
+        app = build_app(config, startup_hooks=hooks_start, shutdown_hooks=hooks_stop, settings=settings)
     except OnrampError as err:
         fail(err)
     import logging

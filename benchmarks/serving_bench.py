@@ -1,0 +1,195 @@
+"""Serving benchmark: the HTTP server vs the same engine driven in-process.
+
+For each concurrency level (closed loop: N clients, each sending its next request when the last
+one ends) it prints aggregate output tokens/s, TTFT p50/p99 and per-stream decode speed, first
+with the engine class driven directly in this process, then through `onramp serve` (a
+subprocess) with one light asyncio httpx client streaming /v1/chat/completions. Every request
+generates exactly --max-tokens tokens (ignore_eos), so both modes do the same work.
+
+    .venv/bin/python benchmarks/serving_bench.py [--engine DIR] [--concurrency 1,4,16]
+        [--max-tokens 128] [--rounds 3] [--mode both|inproc|server]
+
+Without --engine it uses (building it once if needed) the reference model's int8 OpenVINO engine
+in the test cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+MESSAGES = [{"role": "user", "content": "Tell me a long story about a robot who learns to paint."}]
+
+
+@dataclass
+class Sample:
+    ttft: float
+    total: float
+    tokens: int
+
+    @property
+    def decode_tps(self) -> float:  # per-stream decode speed after the first token
+        return (self.tokens - 1) / (self.total - self.ttft) if self.total > self.ttft and self.tokens > 1 else 0.0
+
+
+@dataclass
+class Level:
+    concurrency: int
+    wall: float
+    samples: list[Sample]
+
+    @property
+    def throughput(self) -> float:
+        return sum(s.tokens for s in self.samples) / self.wall
+
+    def pct(self, q: float) -> float:
+        values = sorted(s.ttft for s in self.samples)
+        return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+async def closed_loop(one, concurrency: int, rounds: int) -> Level:
+    samples: list[Sample] = []
+
+    async def client(i: int):
+        for r in range(rounds):
+            samples.append(await one(i * 1000 + r))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[client(i) for i in range(concurrency)])
+    return Level(concurrency, time.perf_counter() - t0, samples)
+
+
+async def run_inproc(engine_dir: Path, levels: list[int], max_tokens: int, rounds: int) -> list[Level]:
+    from serving.engine import ChatMessage, GenerationRequest, SamplingParams
+    from serving.engines import load_engine
+
+    engine = load_engine(engine_dir, name="bench", max_num_seqs=max(levels))
+    messages = [ChatMessage(m["role"], m["content"]) for m in MESSAGES]
+
+    async def one(i: int) -> Sample:
+        request = GenerationRequest(request_id=f"b{i}", messages=messages, sampling=SamplingParams(
+            max_tokens=max_tokens, temperature=0.0, ignore_eos=True))
+        t0 = time.perf_counter()
+        ttft, last = None, None
+        async for d in engine.stream(request):
+            if ttft is None:
+                ttft = time.perf_counter() - t0
+            last = d
+        return Sample(ttft, time.perf_counter() - t0, last.completion_tokens)
+
+    try:
+        await one(-1)  # warm-up
+        return [await closed_loop(one, c, rounds) for c in levels]
+    finally:
+        engine.close()
+
+
+async def run_server(engine_dir: Path, levels: list[int], max_tokens: int, rounds: int, port: int) -> list[Level]:
+    import httpx
+
+    env = {**os.environ, "ONRAMP_HOME": os.environ.get("ONRAMP_HOME", str(REPO / ".cache" / "bench-home"))}
+    cmd = [sys.executable, "-m", "onramp", "serve", "--engine", f"bench={engine_dir}", "--no-auth",
+           "--port", str(port), "--max-queue", str(max(levels) * 2)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=600,
+                                     limits=httpx.Limits(max_connections=max(levels) + 4)) as client:
+            for _ in range(600):
+                if proc.poll() is not None:
+                    raise SystemExit(f"onramp serve exited with {proc.returncode}")
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.5)
+
+            async def one(i: int) -> Sample:
+                body = {"model": "bench", "messages": MESSAGES, "max_tokens": max_tokens, "temperature": 0,
+                        "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
+                t0 = time.perf_counter()
+                ttft, tokens = None, 0
+                async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+                    resp.raise_for_status()
+                    async for line in resp.aiter_lines():
+                        if not line.startswith("data: ") or line == "data: [DONE]":
+                            continue
+                        chunk = json.loads(line[6:])
+                        if ttft is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                            ttft = time.perf_counter() - t0
+                        if chunk.get("usage"):
+                            tokens = chunk["usage"]["completion_tokens"]
+                return Sample(ttft or 0.0, time.perf_counter() - t0, tokens)
+
+            await one(-1)  # warm-up
+            return [await closed_loop(one, c, rounds) for c in levels]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def table(title: str, levels: list[Level]) -> None:
+    print(f"\n{title}")
+    print(f"{'conc':>5} {'reqs':>5} {'out tok/s':>10} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} "
+          f"{'decode tok/s/stream':>20}")
+    for lv in levels:
+        decode = statistics.median(s.decode_tps for s in lv.samples)
+        print(f"{lv.concurrency:>5} {len(lv.samples):>5} {lv.throughput:>10.1f} {lv.pct(0.5) * 1000:>12.0f} "
+              f"{lv.pct(0.99) * 1000:>12.0f} {decode:>20.1f}")
+
+
+def default_engine() -> Path:
+    from builders import build_engine
+    from onramp.reference import HUB_REPO_ID, make_reference_model
+
+    cache = Path(os.environ.get("ONRAMP_TEST_CACHE") or REPO / ".cache" / "test")
+    return build_engine(make_reference_model(cache_dir=cache), backend="openvino", quant="int8",
+                        out_root=cache / "engines", repo=HUB_REPO_ID)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", type=Path, default=None)
+    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3, help="requests per client per level")
+    ap.add_argument("--mode", choices=["both", "inproc", "server"], default="both")
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    engine_dir = args.engine or default_engine()
+    port = args.port
+    if not port:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    print(f"engine {engine_dir}\n{args.max_tokens} output tokens per request, {args.rounds} requests per client, "
+          f"{os.cpu_count()} CPUs")
+    inproc = server = None
+    if args.mode in ("both", "inproc"):
+        inproc = asyncio.run(run_inproc(engine_dir, levels, args.max_tokens, args.rounds))
+        table("in-process (engine.stream)", inproc)
+    if args.mode in ("both", "server"):
+        server = asyncio.run(run_server(engine_dir, levels, args.max_tokens, args.rounds, port))
+        table("HTTP server (onramp serve, SSE /v1/chat/completions)", server)
+    if inproc and server:
+        print("\nserver / in-process throughput: " + ", ".join(
+            f"c={a.concurrency}: {b.throughput / a.throughput:.1%}" for a, b in zip(inproc, server, strict=True)))
+
+
+if __name__ == "__main__":
+    main()
