@@ -254,30 +254,35 @@ class Registry:
         return self._client
 
     def experiment_id(self) -> str:
-        if self._experiment_id is None:
-            from mlflow.exceptions import MlflowException
+        """The experiment holding onramp's runs, created with the configured artifact root.
 
+        MLflow fixes an experiment's artifact location when it is created. If the experiment
+        exists with another location (e.g. the root moved from the embedded default to S3),
+        the runs go to a sibling experiment named ``"<experiment> @ <root>"`` instead, so engine
+        files always land where ONRAMP_MLFLOW_ARTIFACT_ROOT says.
+        """
+        if self._experiment_id is None:
             exp = self._call(lambda: self.client.get_experiment_by_name(self.experiment_name))
-            if exp is None:
-                try:
-                    self._experiment_id = self.client.create_experiment(
-                        self.experiment_name, artifact_location=self.artifact_root
-                    )
-                except MlflowException:  # created concurrently
-                    exp = self.client.get_experiment_by_name(self.experiment_name)
-                    if exp is None:
-                        raise
-                    self._experiment_id = exp.experiment_id
-            else:
-                self._experiment_id = exp.experiment_id
-                if self.artifact_root and exp.artifact_location.rstrip("/") != self.artifact_root.rstrip("/"):
-                    log.warning(
-                        "experiment %r keeps its artifacts at %s, not at the configured %s "
-                        "(MLflow fixes an experiment's location when it is created); "
-                        "use another experiment name to change it",
-                        self.experiment_name, exp.artifact_location, self.artifact_root,
-                    )
+            if exp is not None and self.artifact_root and \
+                    exp.artifact_location.rstrip("/") != self.artifact_root.rstrip("/"):
+                sibling = f"{self.experiment_name} @ {self.artifact_root}"
+                log.info("experiment %r keeps its artifacts at %s; using %r for %s",
+                         self.experiment_name, exp.artifact_location, sibling, self.artifact_root)
+                self.experiment_name = sibling
+                exp = self.client.get_experiment_by_name(sibling)
+            self._experiment_id = exp.experiment_id if exp is not None else self._create_experiment()
         return self._experiment_id
+
+    def _create_experiment(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_experiment(self.experiment_name, artifact_location=self.artifact_root)
+        except MlflowException:  # created concurrently
+            exp = self.client.get_experiment_by_name(self.experiment_name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def _call(self, fn: Callable[[], T]) -> T:
         """Run a tracking/registry call; turn connection failures into one clear error."""

@@ -162,3 +162,20 @@ def test_s3_down_for_good_mid_upload_leaves_nothing_registered(s3, flaky_proxy, 
     assert reg.list_models() == []
     runs = reg.client.search_runs([reg.experiment_id()])
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_moving_the_artifact_root_to_s3_is_honoured(s3, make_engine, onramp_home, monkeypatch):
+    """The embedded default first, then ONRAMP_MLFLOW_ARTIFACT_ROOT=s3://...: new engines go to S3."""
+    from registry.client import Registry
+
+    local = Registry()
+    v1 = local.register(make_engine("local"), gate_passed=True)
+    assert list((onramp_home / "mlartifacts").rglob("engine/manifest.json"))
+    monkeypatch.setenv("ONRAMP_MLFLOW_ARTIFACT_ROOT", s3.root)
+    moved = Registry()
+    v2 = moved.register(make_engine("s3"), gate_passed=True)
+    assert (v1, v2) == ("1", "2")
+    assert sum(k.endswith("/engine/manifest.json") for k in s3.objects()) == 1
+    assert moved.experiment_name == f"onramp @ {s3.root}"
+    # one registry: both versions fetch, each from its own store
+    assert moved.fetch("smollm2-135m-instruct", "1").is_dir() and moved.fetch("smollm2-135m-instruct", "2").is_dir()
