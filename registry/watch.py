@@ -4,6 +4,7 @@
 model points at a version it has not delivered yet, it fetches that version (verified, see
 :meth:`registry.client.Registry.fetch`) and awaits ``on_change(name, version, engine_dir)``.
 The first poll delivers every model's current version (a server starting up loads them).
+A model without the alias (or whose alias was removed) is left as it is: nothing is unloaded.
 A failing fetch or callback is logged and tried again on the next tick; it never stops the
 watcher. MLflow calls run in a thread (``asyncio.to_thread``) so the event loop keeps serving.
 """
