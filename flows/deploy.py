@@ -66,31 +66,30 @@ def ensure_work_pools() -> None:
 
 
 def deploy_all(settings: Settings, targets: list[str] | None = None, profile: str = "quick") -> list[str]:
-    """Create the pools and the three deployments; return the deployment ids."""
+    """Create the pools and the three deployments (from this checkout); return the deployment ids.
+
+    ``RunnerDeployment.apply`` rather than ``Flow.deploy``: the latter asks the server for online
+    workers with a request Prefect 3.8.8's own server refuses (``limit: null`` → 422).
+    """
     from prefect import flow
 
     ensure_work_pools()
-    ids = []
     source = str(REPO_ROOT)
-    onboard = flow.from_source(source=source, entrypoint="flows/onboard.py:onboard")
-    ids.append(onboard.deploy(
-        name=ONBOARD, work_pool_name=CPU_POOL, triggers=[onboard_trigger(settings, targets, profile)],
-        description="Onboard one revision of a Hub model: build, evaluate, gate, register, promote.",
-        tags=["onramp"], build=False, push=False, print_next_steps=False, ignore_warnings=True,
-    ))
-    watch = flow.from_source(source=source, entrypoint="flows/watch.py:watch")
-    ids.append(watch.deploy(
-        name=WATCH, work_pool_name=CPU_POOL, interval=settings.watch_interval_s,
-        description="Poll the Hub for new revisions of the watch list.",
-        tags=["onramp"], build=False, push=False, print_next_steps=False, ignore_warnings=True,
-    ))
-    build = flow.from_source(source=source, entrypoint="flows/build.py:build_layout")
-    ids.append(build.deploy(
-        name=BUILD_LAYOUT, work_pool_name=GPU_POOL,
-        description="Build one TensorRT-LLM layout on a GPU worker.",
-        tags=["onramp", "gpu"], build=False, push=False, print_next_steps=False, ignore_warnings=True,
-    ))
-    return [str(i) for i in ids]
+    specs = [
+        ("flows/onboard.py:onboard", dict(
+            name=ONBOARD, work_pool_name=CPU_POOL, triggers=[onboard_trigger(settings, targets, profile)],
+            description="Onboard one revision of a Hub model: build, evaluate, gate, register, promote.")),
+        ("flows/watch.py:watch", dict(
+            name=WATCH, work_pool_name=CPU_POOL, interval=settings.watch_interval_s,
+            description="Poll the Hub for new revisions of the watch list.")),
+        ("flows/build.py:build_layout", dict(
+            name=BUILD_LAYOUT, work_pool_name=GPU_POOL, description="Build one TensorRT-LLM layout on a GPU worker.")),
+    ]
+    ids = []
+    for entrypoint, kwargs in specs:
+        deployment = flow.from_source(source=source, entrypoint=entrypoint).to_deployment(tags=["onramp"], **kwargs)
+        ids.append(str(deployment.apply(work_pool_name=kwargs["work_pool_name"])))
+    return ids
 
 
 def main() -> None:

@@ -305,7 +305,10 @@ def onboard(config: OnboardConfig) -> OnboardResult:
     if config.approve:
         from prefect.flow_runs import pause_flow_run
 
-        answer = pause_flow_run(wait_for_input=Approval, timeout=config.approval_timeout_s)
+        logger.info("waiting for an approval of %s v%s: resume this run in the Prefect UI", result.model,
+                    chosen.version)
+        answer = pause_flow_run(wait_for_input=Approval, timeout=config.approval_timeout_s, poll_interval=2,
+                                key=f"approve-{chosen.version}")
         if not answer.approve:
             result.message = f"promotion declined by a human: {answer.comment or 'no comment'}"
             create_markdown_artifact(key=f"{slug}-result", markdown=f"**Not promoted**: {result.message}.")

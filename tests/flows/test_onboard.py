@@ -9,6 +9,7 @@ its gates leaves production where it was.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -140,10 +141,16 @@ def test_new_revision_to_served_endpoint_rerun_and_failing_gate(prefect_server, 
         assert "Paris" in answer["choices"][0]["message"]["content"]
         _assert_artifacts(repo)
 
-        # 2. the same revision again: nothing built, evaluated or registered again
+        # 2. the same revision again: nothing built, evaluated or registered again; this time a
+        #    human approves the promotion (the run pauses until the Approval form is submitted)
         started = time.monotonic()
-        again = onboard(OnboardConfig(repo=repo, revision=sha1, serving_timeout_s=0))
+        approver = threading.Thread(target=_approve_when_paused, args=(repo, {"approve": True, "comment": "lgtm"}),
+                                    daemon=True)
+        approver.start()
+        again = onboard(OnboardConfig(repo=repo, revision=sha1, approve=True, serving_timeout_s=0))
+        approver.join(timeout=5)
         assert (again.builds_made, again.evals_run, again.version) == (0, 0, v1)
+        assert again.promoted and approved_runs, "the run did not wait for the approval"
         assert [o.status for o in again.layouts if o.target == "cpu" and o.status != "infeasible"] == ["reused"]
         assert len(registry.client.search_model_versions(f"name = '{name}'")) == 1
         rerun_s = time.monotonic() - started
@@ -165,6 +172,29 @@ def test_new_revision_to_served_endpoint_rerun_and_failing_gate(prefect_server, 
     finally:
         api.stop()
     assert rerun_s < 120, f"a rerun took {rerun_s:.0f} s"
+
+
+approved_runs: list[str] = []
+
+
+def _approve_when_paused(repo: str, answer: dict, timeout: float = 600) -> None:
+    """Play the human: wait until the onboard run of ``repo`` pauses, then submit the form."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+            for run in runs:
+                if repo in run.name:
+                    resume_flow_run(run.id, run_input=answer)
+                    approved_runs.append(str(run.id))
+                    return
+            time.sleep(1)
 
 
 def _assert_artifacts(repo: str) -> None:

@@ -1,0 +1,95 @@
+"""``onramp up``: real Prefect, MLflow and API servers, the pools, deployments, worker and trigger."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from flows.errors import UpError
+from flows.up import Up, settings_env
+from onramp.settings import load_settings
+from tests.conftest import free_port
+
+
+def _ports(monkeypatch) -> None:
+    for var in ("ONRAMP_PREFECT_PORT", "ONRAMP_MLFLOW_PORT", "ONRAMP_API_PORT"):
+        monkeypatch.setenv(var, str(free_port()))
+
+
+def test_settings_env_round_trips(monkeypatch):
+    monkeypatch.setenv("ONRAMP_WATCH_REPOS", "a/b,c/d")
+    settings = load_settings(webhook_secret="s")
+    env = settings_env(settings)
+    assert env["ONRAMP_WATCH_REPOS"] == "a/b,c/d" and env["ONRAMP_WEBHOOK_SECRET"] == "s"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert load_settings() == settings
+
+
+def test_busy_port_is_refused_with_the_flag_to_use(monkeypatch):
+    import socket
+
+    _ports(monkeypatch)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        monkeypatch.setenv("ONRAMP_API_PORT", str(sock.getsockname()[1]))
+        with pytest.raises(UpError, match="--api-port"):
+            Up(load_settings(), progress=lambda _: None).start()
+
+
+@pytest.mark.slow
+def test_up_starts_everything_and_the_trigger_turns_an_event_into_an_onboard_run(monkeypatch):
+    _ports(monkeypatch)
+    settings = load_settings()
+    up = Up(settings, progress=lambda _: None)
+    state = up.start()
+    try:
+        saved = json.loads((settings.home / "up.json").read_text())
+        assert saved["api_key"] == state["api_key"] and (settings.home / "up.json").stat().st_mode & 0o077 == 0
+        assert httpx.get(f"{state['prefect_api']}/health", timeout=10).status_code == 200
+        assert httpx.get(f"{state['mlflow']}/health", timeout=10).status_code == 200
+        models = httpx.get(f"{state['api']}/v1/models", headers={"Authorization": f"Bearer {state['api_key']}"},
+                           timeout=10)
+        assert models.status_code == 200 and models.json()["data"] == []
+        assert httpx.get(f"{state['api']}/v1/models", timeout=10).status_code == 401  # auth on by default
+        for name in ("prefect-server", "mlflow-server", "api-server", "worker-cpu"):
+            assert (settings.home / "logs" / f"{name}.log").is_file()
+
+        api = state["prefect_api"]
+        pools = {p["name"]: p["type"] for p in httpx.post(f"{api}/work_pools/filter", json={}, timeout=10).json()}
+        assert pools.get("cpu") == "process" and pools.get("gpu") == "process"
+        deployments = {d["name"]: d for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()}
+        assert deployments["onboard"]["work_pool_name"] == "cpu"
+        assert deployments["build-layout"]["work_pool_name"] == "gpu"
+        watch_schedules = deployments["watch"]["schedules"]
+        assert watch_schedules and watch_schedules[0]["schedule"]["interval"] == settings.watch_interval_s
+
+        # an event as the watcher or the webhook emits it -> the trigger creates an onboard run
+        repo, sha = "nobody/not-a-model", "f" * 40
+        event = {"occurred": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "event": "onramp.model.revision",
+                 "resource": {"prefect.resource.id": f"huggingface.model.{repo}"},
+                 "payload": {"repo": repo, "sha": sha, "previous": None, "source": "poll"},
+                 "id": "0198f8a2-0000-7000-8000-000000000001"}
+        assert httpx.post(f"{api}/events", json=[event], timeout=10).status_code in (200, 202, 204)
+        run = None
+        deadline = time.monotonic() + 120
+        while run is None and time.monotonic() < deadline:
+            runs = httpx.post(f"{api}/flow_runs/filter", json={"deployments": {"id": {
+                "any_": [deployments["onboard"]["id"]]}}}, timeout=10).json()
+            run = next((r for r in runs if r["parameters"].get("config", {}).get("repo") == repo), None)
+            time.sleep(1)
+        assert run is not None, "the trigger did not create an onboard flow run"
+        assert run["parameters"]["config"]["revision"] == sha
+    finally:
+        pids = [c.proc.pid for c in up.children if c.proc]
+        up.stop()
+    assert not (settings.home / "up.json").exists()
+    import os
+
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
