@@ -1,0 +1,104 @@
+"""evals' fixtures: a deliberately broken engine, and the real server on the real int8 engine."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+SERVED = "smollm2-int8"
+
+
+def corrupt_largest_int8_tensor(engine_dir: Path, seed: int = 0) -> str:
+    """Overwrite the bytes of the IR's largest int8 weight constant with random values; return its name."""
+    root = ET.parse(engine_dir / "openvino_model.xml").getroot()
+    consts = [(int(d.get("size")), int(d.get("offset")), layer.get("name"))
+              for layer in root.iter("layer") if layer.get("type") == "Const"
+              for d in layer.iter("data") if d.get("element_type") == "i8"]
+    size, offset, name = max(consts)
+    rng = random.Random(seed)
+    with open(engine_dir / "openvino_model.bin", "r+b") as fh:
+        fh.seek(offset)
+        fh.write(rng.randbytes(size))
+    return name
+
+
+@pytest.fixture(scope="session")
+def broken_engine(ov_int8_engine, tmp_path_factory) -> tuple[Path, str]:
+    """A copy of the int8 engine whose largest weight tensor (the tied embedding) is random noise.
+
+    Its manifest is rewritten with the new checksums: this is a build that *finished* with bad
+    weights, which only the quality gate can catch.
+    """
+    from builders.manifest import hash_files, read_manifest, write_manifest
+
+    dst = tmp_path_factory.mktemp("broken") / "engine"
+    dst.mkdir()
+    for src in ov_int8_engine.iterdir():
+        if src.name == "openvino_model.bin":
+            shutil.copyfile(src, dst / src.name)  # a real copy: the original must stay intact
+        elif src.is_file():
+            os.link(src, dst / src.name)
+    tensor = corrupt_largest_int8_tensor(dst)
+    manifest = read_manifest(ov_int8_engine)
+    write_manifest(dst, manifest.model_copy(update={"files": hash_files(dst)}))
+    return dst, tensor
+
+
+@dataclass
+class Server:
+    url: str
+    key: str
+    proc: subprocess.Popen
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def served_int8(ov_int8_engine, tmp_path_factory):
+    """`onramp serve` in a subprocess on a free loopback port, auth on, serving the int8 engine."""
+    from serving.auth import create_key
+
+    home = tmp_path_factory.mktemp("evals-serve")
+    keys_file = home / "keys.json"
+    key = create_key(keys_file, "evals")
+    port = free_port()
+    log = home / "server.log"
+    env = {**os.environ, "ONRAMP_HOME": str(home)}
+    cmd = [sys.executable, "-m", "onramp", "serve", "--engine", f"{SERVED}={ov_int8_engine}", "--port", str(port),
+           "--keys-file", str(keys_file)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"onramp serve exited ({proc.returncode}): {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"onramp serve not ready after 300 s: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield Server(url=url, key=key, proc=proc, log=log)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
