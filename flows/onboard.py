@@ -111,7 +111,19 @@ class OnboardResult(BaseModel):
 
 # ------------------------------------------------------------------------------ tasks
 
-@task(name="pull", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30])
+def transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry network failures only: a missing repo, pickled weights, a damaged engine or a refused
+    promotion fail at once instead of after every retry."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    from onramp.hub import HubError
+    from registry.errors import IntegrityError, ModelNotFoundError, PromotionError
+
+    if isinstance(exc, HubError):
+        return exc.what.startswith("cannot reach")
+    return not isinstance(exc, (IntegrityError, ModelNotFoundError, PromotionError, OnboardError))
+
+
+@task(name="pull", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=transient)
 def pull_task(repo: str, revision: str, settings: Settings) -> tuple[Path, str]:
     return steps.pull(repo, revision, settings)
 
@@ -141,19 +153,20 @@ def gate_task(metrics: dict[str, float], gates: str | None, production: dict[str
     return steps.gate(metrics, gates, production)
 
 
-@task(name="production-metrics", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(name="production-metrics", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+      retry_condition_fn=transient)
 def production_metrics_task(registry: Any, name: str) -> dict[str, float] | None:
     return steps.production_metrics(registry, name)
 
 
 @task(name="register", cache_policy=NO_CACHE, task_run_name="register-{layout_key}", retries=2,
-      retry_delay_seconds=[5, 20])
+      retry_delay_seconds=[5, 20], retry_condition_fn=transient)
 def register_task(registry: Any, engine_dir: Path, run_id: str | None, gate_passed: bool,
                   metrics: dict[str, float], tags: dict[str, str], layout_key: str) -> tuple[str, str, bool]:
     return steps.register(registry, engine_dir, run_id=run_id, gate_passed=gate_passed, metrics=metrics, tags=tags)
 
 
-@task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=transient)
 def promote_task(registry: Any, name: str, version: str) -> str | None:
     return registry.promote(name, version)
 
