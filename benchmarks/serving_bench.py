@@ -70,11 +70,11 @@ async def closed_loop(one, concurrency: int, rounds: int) -> Level:
     return Level(concurrency, time.perf_counter() - t0, samples)
 
 
-async def run_inproc(engine_dir: Path, levels: list[int], max_tokens: int, rounds: int) -> list[Level]:
+def inproc_runner(engine_dir: Path, max_seqs: int, max_tokens: int):
     from serving.engine import ChatMessage, GenerationRequest, SamplingParams
     from serving.engines import load_engine
 
-    engine = load_engine(engine_dir, name="bench", max_num_seqs=max(levels))
+    engine = load_engine(engine_dir, name="bench", max_num_seqs=max_seqs)
     messages = [ChatMessage(m["role"], m["content"]) for m in MESSAGES]
 
     async def one(i: int) -> Sample:
@@ -83,61 +83,82 @@ async def run_inproc(engine_dir: Path, levels: list[int], max_tokens: int, round
         t0 = time.perf_counter()
         ttft, last = None, None
         async for d in engine.stream(request):
-            if ttft is None:
+            if ttft is None and d.text:
                 ttft = time.perf_counter() - t0
             last = d
-        return Sample(ttft, time.perf_counter() - t0, last.completion_tokens)
+        return Sample(ttft or 0.0, time.perf_counter() - t0, last.completion_tokens)
 
-    try:
-        await one(-1)  # warm-up
-        return [await closed_loop(one, c, rounds) for c in levels]
-    finally:
-        engine.close()
+    return engine, one
 
 
-async def run_server(engine_dir: Path, levels: list[int], max_tokens: int, rounds: int, port: int) -> list[Level]:
-    import httpx
-
+def start_server(engine_dir: Path, max_seqs: int, port: int) -> subprocess.Popen:
     env = {**os.environ, "ONRAMP_HOME": os.environ.get("ONRAMP_HOME", str(REPO / ".cache" / "bench-home"))}
     cmd = [sys.executable, "-m", "onramp", "serve", "--engine", f"bench={engine_dir}", "--no-auth",
-           "--port", str(port), "--max-queue", str(max(levels) * 2)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    url = f"http://127.0.0.1:{port}"
+           "--port", str(port), "--max-queue", str(max_seqs * 2)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+def http_runner(client, max_tokens: int):
+    async def one(i: int) -> Sample:
+        body = {"model": "bench", "messages": MESSAGES, "max_tokens": max_tokens, "temperature": 0,
+                "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
+        t0 = time.perf_counter()
+        ttft, tokens = None, 0
+        async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+            resp.raise_for_status()
+            async for line in resp.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if ttft is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    ttft = time.perf_counter() - t0
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+        return Sample(ttft or 0.0, time.perf_counter() - t0, tokens)
+
+    return one
+
+
+async def run(engine_dir: Path, levels: list[int], max_tokens: int, rounds: int, port: int, mode: str):
+    """Both modes, level by level (in-process, then server, at each level), so that changes in
+    the machine's background load hit both alike."""
+    import httpx
+
+    max_seqs = max(levels)
+    proc = start_server(engine_dir, max_seqs, port) if mode in ("both", "server") else None
+    engine = None
+    inproc: list[Level] = []
+    served: list[Level] = []
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=600,
-                                     limits=httpx.Limits(max_connections=max(levels) + 4)) as client:
-            for _ in range(600):
-                if proc.poll() is not None:
-                    raise SystemExit(f"onramp serve exited with {proc.returncode}")
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.5)
-
-            async def one(i: int) -> Sample:
-                body = {"model": "bench", "messages": MESSAGES, "max_tokens": max_tokens, "temperature": 0,
-                        "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
-                t0 = time.perf_counter()
-                ttft, tokens = None, 0
-                async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
-                    resp.raise_for_status()
-                    async for line in resp.aiter_lines():
-                        if not line.startswith("data: ") or line == "data: [DONE]":
-                            continue
-                        chunk = json.loads(line[6:])
-                        if ttft is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                            ttft = time.perf_counter() - t0
-                        if chunk.get("usage"):
-                            tokens = chunk["usage"]["completion_tokens"]
-                return Sample(ttft or 0.0, time.perf_counter() - t0, tokens)
-
-            await one(-1)  # warm-up
-            return [await closed_loop(one, c, rounds) for c in levels]
+        if mode in ("both", "inproc"):
+            engine, one_inproc = inproc_runner(engine_dir, max_seqs, max_tokens)
+            await one_inproc(-1)  # warm-up
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600,
+                                     limits=httpx.Limits(max_connections=max_seqs + 4)) as client:
+            one_http = http_runner(client, max_tokens)
+            if proc is not None:
+                for _ in range(1200):
+                    if proc.poll() is not None:
+                        raise SystemExit(f"onramp serve exited with {proc.returncode}")
+                    try:
+                        if (await client.get("/readyz")).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    await asyncio.sleep(0.5)
+                await one_http(-1)  # warm-up
+            for c in levels:
+                if engine is not None:
+                    inproc.append(await closed_loop(one_inproc, c, rounds))
+                if proc is not None:
+                    served.append(await closed_loop(one_http, c, rounds))
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if engine is not None:
+            engine.close()
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return inproc, served
 
 
 def table(title: str, levels: list[Level]) -> None:
@@ -179,13 +200,11 @@ def main() -> None:
             port = s.getsockname()[1]
     print(f"engine {engine_dir}\n{args.max_tokens} output tokens per request, {args.rounds} requests per client, "
           f"{os.cpu_count()} CPUs")
-    inproc = server = None
-    if args.mode in ("both", "inproc"):
-        inproc = asyncio.run(run_inproc(engine_dir, levels, args.max_tokens, args.rounds))
+    inproc, server = asyncio.run(run(engine_dir, levels, args.max_tokens, args.rounds, port, args.mode))
+    if inproc:
         table("in-process (engine.stream)", inproc)
-    if args.mode in ("both", "server"):
-        server = asyncio.run(run_server(engine_dir, levels, args.max_tokens, args.rounds, port))
-        table("HTTP server (onramp serve, SSE /v1/chat/completions)", server)
+    if server:
+        table("HTTP server (onramp serve, SSE /v1/chat/completions, one asyncio httpx client)", server)
     if inproc and server:
         print("\nserver / in-process throughput: " + ", ".join(
             f"c={a.concurrency}: {b.throughput / a.throughput:.1%}" for a, b in zip(inproc, server, strict=True)))

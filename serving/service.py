@@ -28,8 +28,14 @@ __all__ = ["OpenAIService"]
 _DONE = b"data: [DONE]\n\n"
 
 
-def _sse(obj: dict) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+try:  # orjson serializes a chunk ~5x faster than json; the output is the same compact JSON
+    import orjson
+
+    def _sse(obj: dict) -> bytes:
+        return b"data: " + orjson.dumps(obj) + b"\n\n"
+except ImportError:  # pragma: no cover
+    def _sse(obj: dict) -> bytes:
+        return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
 def _usage(d: Delta) -> dict[str, int]:

@@ -17,7 +17,6 @@ import gc
 import itertools
 import logging
 import threading
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,11 +224,19 @@ class OpenVINOEngine:
             self._incoming.append(req)
             self._by_request_id[request.request_id] = req
             self._cond.notify()
+        queue = req.queue
         try:
             while True:
-                item = await req.queue.get()
+                item = await queue.get()
                 if isinstance(item, BaseException):
                     raise item
+                # a consumer that fell behind gets the queued deltas as one (fewer chunks, same text)
+                while not queue.empty() and item.finish_reason is None:
+                    nxt = queue.get_nowait()
+                    if isinstance(nxt, BaseException):
+                        yield item
+                        raise nxt
+                    item = _merge(item, nxt)
                 yield item
                 if item.finish_reason is not None:
                     return
@@ -393,10 +400,13 @@ class OpenVINOEngine:
                 pass
 
 
+def _merge(a: Delta, b: Delta) -> Delta:
+    logprobs = None if a.logprobs is None and b.logprobs is None else [*(a.logprobs or ()), *(b.logprobs or ())]
+    return Delta(text=a.text + b.text, prompt_tokens=b.prompt_tokens, completion_tokens=b.completion_tokens,
+                 new_tokens=a.new_tokens + b.new_tokens, finish_reason=b.finish_reason, logprobs=logprobs)
+
+
 def _put_all(items) -> None:
     for queue, item in items:
         queue.put_nowait(item)
 
-
-def _now() -> float:
-    return time.perf_counter()
