@@ -118,8 +118,8 @@ def transient(task: Any, task_run: Any, state: Any) -> bool:
     from onramp.hub import HubError
     from registry.errors import IntegrityError, ModelNotFoundError, PromotionError
 
-    if isinstance(exc, HubError):
-        return exc.what.startswith("cannot reach")
+    if isinstance(exc, HubError):  # a 404 the Hub client did not name (e.g. an unknown sha) is no outage
+        return exc.what.startswith("cannot reach") and "404" not in exc.what and "NotFound" not in exc.what
     return not isinstance(exc, (IntegrityError, ModelNotFoundError, PromotionError, OnboardError))
 
 
@@ -149,8 +149,8 @@ def evaluate_task(engine_dir: Path, reference_dir: Path, profile: str, settings:
 
 @task(name="gate", cache_policy=NO_CACHE, task_run_name="gate-{layout_key}")
 def gate_task(metrics: dict[str, float], gates: str | None, production: dict[str, float] | None,
-              layout_key: str) -> GateOutcome:
-    return steps.gate(metrics, gates, production)
+              latency: bool, layout_key: str) -> GateOutcome:
+    return steps.gate(metrics, gates, production, latency=latency)
 
 
 @task(name="production-metrics", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
@@ -269,7 +269,7 @@ def onboard(config: OnboardConfig) -> OnboardResult:
             logger.warning("evaluating %s failed: %s", o.key, o.reason)
             continue
         result.evals_run += int(not evals[o.key].cached)
-        gates[o.key] = gate_task(evals[o.key].metrics, config.gates, production, layout_key=o.key)
+        gates[o.key] = gate_task(evals[o.key].metrics, config.gates, production, config.latency, layout_key=o.key)
         o.gate = "passed" if gates[o.key].passed else "failed"
     create_markdown_artifact(key=f"{slug}-evals", markdown=_eval_markdown(config.repo, sha, evals, gates),
                              description=f"Evals and gates of {config.repo}@{sha[:12]}")

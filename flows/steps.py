@@ -288,10 +288,13 @@ def _latency(engine_dir: Path, out_dir: Path, profile: str) -> tuple[dict[str, f
 
 # ------------------------------------------------------------------------------ gate
 
-def gate(metrics: dict[str, float], gates: str | None, production: dict[str, float] | None) -> GateOutcome:
+def gate(metrics: dict[str, float], gates: str | None, production: dict[str, float] | None, *,
+         latency: bool = True) -> GateOutcome:
+    """Judge a build's metrics (evals.gates); without a latency sweep only the quality section applies."""
     from evals.gates import apply_gates
 
-    result = apply_gates(metrics, gates, production=production)
+    result = apply_gates(metrics, gates, production=production,
+                         sections=None if latency else ("quality",))
     rows = [{"metric": c.metric, "kind": c.kind, "value": c.value, "threshold": c.threshold,
              "result": "pass" if c.passed else "FAIL", "note": c.note} for c in result.checks]
     return GateOutcome(passed=result.passed, rows=rows, summary=result.to_markdown(),

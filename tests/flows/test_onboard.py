@@ -104,6 +104,8 @@ def test_only_transient_errors_are_retried():
     assert transient(None, None, Failed(data=HubError("cannot reach http://x for a/b@main: ConnectError", "")))
     assert transient(None, None, Failed(data=ArtifactStoreError("upload failed after 4 attempts", "")))
     assert not transient(None, None, Failed(data=HubError("repository a/b not found on http://x", "")))
+    assert not transient(None, None, Failed(data=HubError("cannot reach http://x for a/b@f00: "
+                                                          "RemoteEntryNotFoundError: 404 Client Error.", "")))
     assert not transient(None, None, Failed(data=PromotionError("version 3 did not pass its gates", "")))
 
 

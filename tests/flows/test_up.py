@@ -42,8 +42,9 @@ def test_busy_port_is_refused_with_the_flag_to_use(monkeypatch):
 
 
 @pytest.mark.slow
-def test_up_starts_everything_and_the_trigger_turns_an_event_into_an_onboard_run(monkeypatch):
+def test_up_starts_everything_and_the_trigger_turns_an_event_into_an_onboard_run(monkeypatch, hub_mirror):
     _ports(monkeypatch)
+    monkeypatch.setenv("ONRAMP_HF_ENDPOINT", hub_mirror.url)
     settings = load_settings()
     up = Up(settings, progress=lambda _: None)
     state = up.start()
@@ -84,6 +85,12 @@ def test_up_starts_everything_and_the_trigger_turns_an_event_into_an_onboard_run
             time.sleep(1)
         assert run is not None, "the trigger did not create an onboard flow run"
         assert run["parameters"]["config"]["revision"] == sha
+        # the cpu worker runs it (our flow code, in its own process): the repo is not on the Hub
+        while time.monotonic() < deadline + 180 and run["state"]["type"] not in ("FAILED", "COMPLETED", "CRASHED"):
+            time.sleep(2)
+            run = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()
+        assert run["state"]["type"] == "FAILED", run["state"]
+        assert "nobody/not-a-model" in run["state"]["message"] and "404" in run["state"]["message"]
     finally:
         pids = [c.proc.pid for c in up.children if c.proc]
         up.stop()
