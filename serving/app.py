@@ -10,6 +10,7 @@ Every error has OpenAI's shape ``{"error": {"message", "type", "param", "code"}}
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -140,10 +141,31 @@ require_admin = Depends(_require(ADMIN))
 
 
 def _stream_or_json(result) -> Response:
+    if isinstance(result, Response):
+        return result
     if isinstance(result, dict):
         return JSONResponse(result)
     return StreamingResponse(result, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _unless_disconnected(request: Request, work: Awaitable) -> Any:
+    """Await ``work``, cancelling it (which aborts its engine request) if the client goes away."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.5)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                log.info("client went away from %s; request aborted", request.url.path)
+                return Response(status_code=499)
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 def _openai_router() -> APIRouter:
@@ -153,19 +175,22 @@ def _openai_router() -> APIRouter:
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         request.state.model = body.model if body.model in request.app.state.slots.names() else "unknown"
         service: OpenAIService = request.app.state.service
-        return _stream_or_json(await service.chat(body, endpoint="/v1/chat/completions"))
+        work = service.chat(body, endpoint="/v1/chat/completions")
+        return _stream_or_json(await _unless_disconnected(request, work))
 
     @router.post("/chat/completions", dependencies=[require_user])
     async def pplx_chat_completions(body: ChatCompletionRequest, request: Request):
         request.state.model = body.model if body.model in request.app.state.slots.names() else "unknown"
         service: OpenAIService = request.app.state.service
-        return _stream_or_json(await service.chat(body, endpoint="/chat/completions", pplx=True))
+        work = service.chat(body, endpoint="/chat/completions", pplx=True)
+        return _stream_or_json(await _unless_disconnected(request, work))
 
     @router.post("/v1/completions", dependencies=[require_user])
     async def completions(body: CompletionRequest, request: Request):
         request.state.model = body.model if body.model in request.app.state.slots.names() else "unknown"
         service: OpenAIService = request.app.state.service
-        return _stream_or_json(await service.completion(body, endpoint="/v1/completions"))
+        work = service.completion(body, endpoint="/v1/completions")
+        return _stream_or_json(await _unless_disconnected(request, work))
 
     def _model_card(live) -> dict:
         info = live.engine.describe()

@@ -63,6 +63,7 @@ class _SamplingFields(_OpenRequest):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    ignore_eos: bool = False  # extension (as vLLM's): generate max_tokens tokens; benchmarks use it
 
     @field_validator("n")
     @classmethod

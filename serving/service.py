@@ -77,7 +77,7 @@ class OpenAIService:
                               frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
                               stop=req.stop_list(), seed=req.seed, logprobs=logprobs,
                               max_tokens_default=self.default_max_tokens,
-                              ignore_eos=bool((req.model_extra or {}).get("ignore_eos", False)))
+                              ignore_eos=req.ignore_eos)
 
     def _log_request(self, kind: str, req, request_id: str) -> None:
         extra = ignored_fields(req)

@@ -255,6 +255,19 @@ def test_auth_errors_with_the_openai_client(server):
     assert server.key not in server.log_text() and server.admin_key not in server.log_text()
 
 
+def test_logs_name_unknown_fields_but_hold_no_text(server):
+    client = OpenAI(api_key=server.key, base_url=f"{server.url}/v1")
+    resp = client.chat.completions.create(
+        model=LAUNCH_MODEL, messages=[{"role": "user", "content": "My secret is zebra-42. Repeat it."}],
+        max_tokens=8, temperature=0, extra_body={"web_search": {"query": "zebra-43"}})
+    assert resp.choices[0].message.content
+    time.sleep(0.5)
+    log = server.log_text()
+    assert "ignored unknown fields: web_search" in log
+    content = resp.choices[0].message.content
+    assert "zebra-4" not in log and (len(content) < 12 or content not in log)
+
+
 async def test_queue_full_is_429_with_retry_after(server):
     body = {"model": WIRE_MODEL, "prompt": "Once upon a time", "max_tokens": 300, "stream": True,
             "temperature": 0, "ignore_eos": True}
@@ -283,6 +296,18 @@ async def test_queue_full_is_429_with_retry_after(server):
             await asyncio.sleep(0.2)
         ok = await client.post("/v1/completions", json={**body, "stream": False, "max_tokens": 2})
         assert ok.status_code == 200
+
+
+async def test_disconnected_nonstreaming_client_aborts_its_request(server):
+    body = {"model": WIRE_MODEL, "prompt": "Once upon a time", "max_tokens": 1500, "temperature": 0,
+            "ignore_eos": True}
+    async with server.client() as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post("/v1/completions", json=body, timeout=2)
+        t0 = time.monotonic()
+        while metric((await client.get("/metrics")).text, "onramp_running_sequences", model=WIRE_MODEL) > 0:
+            assert time.monotonic() - t0 < 15, "the abandoned request kept running"
+            await asyncio.sleep(0.2)
 
 
 # ---------------------------------------------------------------- hot-swap under load
