@@ -128,77 +128,81 @@ IMPOSSIBLE_GATES = {"version": "test-impossible", "quality": {"perplexity_ratio"
 
 
 @pytest.mark.slow
-def test_new_revision_to_served_endpoint_rerun_and_failing_gate(prefect_server, hub_mirror, reference_model,
-                                                                 monkeypatch, onramp_home, tmp_path):
+def test_new_revision_to_served_endpoint_failing_gate_and_rerun(prefect_server, hub_mirror, reference_model,
+                                                                monkeypatch, tmp_path):
+    """One real build and eval, three onboardings of a new revision on the mirror:
+
+    A. impossible gates: built (the GPU layout fails alone: no TensorRT-LLM here), evaluated,
+       registered with gate=failed, not promoted, the run Failed, nothing served;
+    B. the real gates, with a human approval: nothing built or evaluated again, the same version
+       passes, is promoted, and the server answers from it;
+    C. impossible gates again: the run Failed, production and the served version untouched.
+    """
     from flows.demo import chat, served_version, wait_served
     from flows.onboard import onboard
     from flows.up import Up
     from onramp.mirror import publish
     from registry.client import Registry
+    from tests.conftest import free_port
 
     repo = f"e2e-{time.monotonic_ns() % 10**8}/SmolLM2-135M-Instruct"
     monkeypatch.setenv("ONRAMP_HF_ENDPOINT", hub_mirror.url)
-    from tests.conftest import free_port
-
     monkeypatch.setenv("ONRAMP_API_PORT", str(free_port()))
     settings = load_settings()
     registry = Registry(settings)
-    sha1 = publish(repo, reference_model, hub_mirror.mirror_dir, "first revision")
+    impossible = tmp_path / "impossible.yaml"
+    impossible.write_text(yaml.safe_dump(IMPOSSIBLE_GATES))
+    sha = publish(repo, reference_model, hub_mirror.mirror_dir, "a new revision")
 
     api = Up(settings, services=("api",), progress=lambda _: None)
     api.start()
     try:
-        # 1. a new revision: built (the GPU layout fails alone: no TensorRT-LLM here), evaluated,
-        #    gated, registered, promoted, and served
-        state = onboard(OnboardConfig(repo=repo, revision=sha1, targets=["cpu", "a100-80gb"],
+        # A. failing gate on a fresh build
+        state = onboard(OnboardConfig(repo=repo, revision=sha, targets=["cpu", "a100-80gb"], gates=str(impossible),
                                       serving_timeout_s=0), return_state=True)
-        assert state.is_completed(), state.message
-        first = state.result()
-        assert first.sha == sha1 and first.promoted and first.gate_passed
-        assert first.builds_made == 1 and first.evals_run == 1
-        by_target = {o.target: o for o in first.layouts if o.status not in ("infeasible", "not selected")}
-        assert by_target["cpu"].status == "built" and by_target["cpu"].gate == "passed"
-        assert by_target["a100-80gb"].status == "failed" and "unavailable" in by_target["a100-80gb"].reason
-        name, v1 = first.model, first.version
-        assert registry.alias_version(name, "production") == v1
-        mv = registry.client.get_model_version(name, v1)
-        assert mv.tags["hf_revision"] == sha1 and mv.tags["gate"] == "passed"
-        wait_served(api.api_url, api.api_key, name, v1, timeout=300)
-        answer = chat(api.api_url, api.api_key, name)
-        assert "Paris" in answer["choices"][0]["message"]["content"]
-        _assert_artifacts(repo)
+        assert state.is_failed() and "no build passed its gates" in state.message
+        versions = registry.client.search_model_versions()
+        mine = [mv for mv in versions if mv.tags.get("hf_repo") == repo]
+        assert len(mine) == 1 and mine[0].tags["hf_revision"] == sha and mine[0].tags["gate"] == "failed"
+        name, version = mine[0].name, str(mine[0].version)
+        assert registry.alias_version(name, "production") is None
+        assert served_version(api.api_url, api.api_key, name) is None
 
-        # 2. the same revision again: nothing built, evaluated or registered again; this time a
-        #    human approves the promotion (the run pauses until the Approval form is submitted)
+        # B. the real gates and an approval: nothing built or evaluated again; promoted; served
         started = time.monotonic()
         approver = threading.Thread(target=_approve_when_paused, args=(repo, {"approve": True, "comment": "lgtm"}),
                                     daemon=True)
         approver.start()
-        again = onboard(OnboardConfig(repo=repo, revision=sha1, approve=True, serving_timeout_s=0))
-        approver.join(timeout=5)
-        assert (again.builds_made, again.evals_run, again.version) == (0, 0, v1)
-        assert again.promoted and approved_runs, "the run did not wait for the approval"
-        assert [o.status for o in again.layouts if o.target == "cpu" and o.status != "infeasible"] == ["reused"]
-        assert len(registry.client.search_model_versions(f"name = '{name}'")) == 1
+        state = onboard(OnboardConfig(repo=repo, revision=sha, targets=["cpu", "a100-80gb"], approve=True,
+                                      serving_timeout_s=0), return_state=True)
         rerun_s = time.monotonic() - started
+        approver.join(timeout=5)
+        assert state.is_completed(), state.message
+        result = state.result()
+        assert approved_runs, "the run did not wait for the approval"
+        assert (result.builds_made, result.evals_run, result.version) == (0, 0, version)
+        assert result.promoted and result.gate_passed and result.model == name
+        by_target = {o.target: o for o in result.layouts if o.status not in ("infeasible", "not selected")}
+        assert by_target["cpu"].status == "reused" and by_target["cpu"].gate == "passed"
+        assert by_target["a100-80gb"].status == "failed" and "unavailable" in by_target["a100-80gb"].reason
+        assert registry.alias_version(name, "production") == version
+        assert registry.client.get_model_version(name, version).tags["gate"] == "passed"
+        wait_served(api.api_url, api.api_key, name, version, timeout=300)
+        answer = chat(api.api_url, api.api_key, name)
+        assert "Paris" in answer["choices"][0]["message"]["content"]
+        _assert_artifacts(repo)
 
-        # 3. a new revision that fails its gates: registered as failed, production untouched
-        sha2 = publish(repo, reference_model, hub_mirror.mirror_dir, "second revision")
-        gates = tmp_path / "impossible.yaml"
-        gates.write_text(yaml.safe_dump(IMPOSSIBLE_GATES))
-        failed = onboard(OnboardConfig(repo=repo, revision=sha2, gates=str(gates), latency=False,
-                                       serving_timeout_s=0), return_state=True)
-        assert failed.is_failed()
-        assert "no build passed its gates" in failed.message
-        assert registry.alias_version(name, "production") == v1
-        versions = {mv.version: mv.tags for mv in registry.client.search_model_versions(f"name = '{name}'")}
-        assert len(versions) == 2
-        v2 = max(versions, key=int)
-        assert versions[v2]["hf_revision"] == sha2 and versions[v2]["gate"] == "failed"
-        assert served_version(api.api_url, api.api_key, name) == v1
+        # C. a failing gate leaves production and the server alone
+        state = onboard(OnboardConfig(repo=repo, revision=sha, gates=str(impossible), serving_timeout_s=0),
+                        return_state=True)
+        assert state.is_failed()
+        assert registry.alias_version(name, "production") == version
+        assert served_version(api.api_url, api.api_key, name) == version
+        assert len([mv for mv in registry.client.search_model_versions(f"name = '{name}'")
+                    if mv.tags.get("hf_repo") == repo]) == 1
     finally:
         api.stop()
-    assert rerun_s < 120, f"a rerun took {rerun_s:.0f} s"
+    assert rerun_s < 180, f"a rerun took {rerun_s:.0f} s"
 
 
 approved_runs: list[str] = []
