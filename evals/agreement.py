@@ -114,11 +114,11 @@ def compare(reference_dir: Path, reference: list[str], candidate: list[str], k: 
                         f"{len(candidate)} candidate)", "rerun the evaluation")
     tok = AutoTokenizer.from_pretrained(reference_dir)
     rows = []
-    for i, (ref_text, cand_text) in enumerate(zip(reference, candidate)):
+    for i, (ref_text, cand_text) in enumerate(zip(reference, candidate, strict=True)):
         r = tok.encode(ref_text, add_special_tokens=False)[:k]
         c = tok.encode(cand_text, add_special_tokens=False)[:k]
         matched = 0
-        for a, b in zip(r, c):
+        for a, b in zip(r, c, strict=False):
             if a != b:
                 break
             matched += 1
@@ -127,6 +127,6 @@ def compare(reference_dir: Path, reference: list[str], candidate: list[str], k: 
     denominators = [max(1, min(k, max(len(tok.encode(row.reference, add_special_tokens=False)),
                                       len(tok.encode(row.candidate, add_special_tokens=False)))))
                     for row in rows]
-    token_agreement = sum(row.matched / d for row, d in zip(rows, denominators)) / len(rows)
+    token_agreement = sum(row.matched / d for row, d in zip(rows, denominators, strict=True)) / len(rows)
     return AgreementResult(k=k, n_prompts=len(rows), identical=sum(r.identical for r in rows) / len(rows),
                            token_agreement=round(token_agreement, 6), prompts=rows)

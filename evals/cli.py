@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,13 +18,13 @@ def eval_command(
     engine_dir: str = typer.Argument(..., help="Engine directory (or an http(s):// endpoint with --model)."),
     reference: Path = typer.Option(..., "--reference", help="The original checkpoint (safetensors dir)."),
     profile: str = typer.Option("quick", "--profile", help="Sample limits: quick (CI) or full (evals/profiles.yaml)."),
-    gates: Optional[Path] = typer.Option(None, "--gates", help="Gates YAML (default: evals/gates.yaml)."),
-    production: Optional[Path] = typer.Option(
+    gates: Path | None = typer.Option(None, "--gates", help="Gates YAML (default: evals/gates.yaml)."),
+    production: Path | None = typer.Option(
         None, "--production", help="JSON file of the production version's metrics, for the regression gate."),
-    model: Optional[str] = typer.Option(None, "--model", help="Served model name, when ENGINE_DIR is a URL."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="ONRAMP_API_KEY",
+    model: str | None = typer.Option(None, "--model", help="Served model name, when ENGINE_DIR is a URL."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="ONRAMP_API_KEY",
                                           help="Bearer key for an endpoint candidate."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write report.json and report.md here."),
+    out: Path | None = typer.Option(None, "--out", help="Also write report.json and report.md here."),
     as_json: bool = typer.Option(False, "--json", help="Print the report and gate result as JSON."),
 ) -> None:
     """Quality of ENGINE_DIR vs the reference checkpoint (lm-eval), judged by the gates; exit 1 if a gate fails."""
@@ -62,9 +61,9 @@ def bench_command(
     slo: list[float] = typer.Option([60.0, 80.0], "--slo", help="Per-stream decode SLO in tok/s (repeatable)."),
     single: int = typer.Option(3, "--single", help="Single-stream requests before the sweep."),
     seed: int = typer.Option(0, "--seed", help="Seed of the Poisson arrivals."),
-    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer dir to size prompts exactly."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="ONRAMP_API_KEY", help="Bearer key."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write report.json, report.md and the PNG plots here."),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="Tokenizer dir to size prompts exactly."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="ONRAMP_API_KEY", help="Bearer key."),
+    out: Path | None = typer.Option(None, "--out", help="Write report.json, report.md and the PNG plots here."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Latency: single stream, then a Poisson sweep over --rates (TTFT, ITL, tok/s, max throughput at SLO)."""

@@ -28,7 +28,7 @@ class Threshold(BaseModel):
     min: float | None = None
 
     @model_validator(mode="after")
-    def _one(self) -> "Threshold":
+    def _one(self) -> Threshold:
         if (self.max is None) == (self.min is None):
             raise ValueError("give exactly one of `max` or `min`")
         return self

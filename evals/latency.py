@@ -23,7 +23,7 @@ import random
 import statistics
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,7 +53,7 @@ class RequestRecord:
 
     @property
     def itls(self) -> list[float]:
-        return [b - a for a, b in zip(self.token_times, self.token_times[1:])]
+        return [b - a for a, b in zip(self.token_times, self.token_times[1:], strict=False)]
 
     @property
     def decode_tok_s(self) -> float | None:
@@ -388,7 +388,7 @@ def run_sweep(url: str, model: str, rates: list[float] | tuple[float, ...] = DEF
                          "check --model (GET /v1/models lists them) and the API key (--api-key)")
     report = LatencyReport(url=url, model=model, input_tokens=input_tokens, output_tokens=output_tokens, seed=seed,
                            single=single, rates=results, slo=slo_results(results, slo_tok_s),
-                           created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                           created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     if plots_dir is not None:
         report.plots = plot_report(report, plots_dir)
     return report

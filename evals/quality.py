@@ -21,7 +21,7 @@ import logging
 import os
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +208,7 @@ def _write_gsm8k_subset(tasks_dir: Path, profile: Profile) -> None:
         return
     subset = tasks_dir / "gsm8k_subset.jsonl"
     with open(gsm8k_file(), encoding="utf-8") as src:
-        lines = [line for _, line in zip(range(profile.gsm8k_limit), src)]
+        lines = [line for _, line in zip(range(profile.gsm8k_limit), src, strict=False)]
     subset.write_text("".join(lines), encoding="utf-8")
     task_yaml = tasks_dir / f"{GSM8K_TASK}.yaml"
     task_yaml.write_text(task_yaml.read_text().replace(str(gsm8k_file()), str(subset)))
@@ -311,5 +311,5 @@ def run_quality(engine_dir: str | Path, reference_dir: str | Path, profile: str 
         reference=str(reference_dir), profile=prof, config_fingerprint=config_fingerprint(prof),
         candidate_scores=cand, reference_scores=ref.scores, reference_cached=cached, agreement=agreement,
         seconds=round(time.monotonic() - start, 2),
-        created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )

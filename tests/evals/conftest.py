@@ -22,11 +22,15 @@ SERVED = "smollm2-int8"
 
 
 def corrupt_largest_int8_tensor(engine_dir: Path, seed: int = 0) -> str:
-    """Overwrite the bytes of the IR's largest int8 weight constant with random values; return its name."""
+    """Overwrite the bytes of the IR's largest 8-bit weight constant with random values; return its name.
+
+    nncf's int8 weight compression stores weights as u8 (asymmetric) or i8 constants; the largest
+    is the token embedding, tied to the output head.
+    """
     root = ET.parse(engine_dir / "openvino_model.xml").getroot()
     consts = [(int(d.get("size")), int(d.get("offset")), layer.get("name"))
               for layer in root.iter("layer") if layer.get("type") == "Const"
-              for d in layer.iter("data") if d.get("element_type") == "i8"]
+              for d in layer.iter("data") if d.get("element_type") in ("u8", "i8")]
     size, offset, name = max(consts)
     rng = random.Random(seed)
     with open(engine_dir / "openvino_model.bin", "r+b") as fh:
@@ -50,7 +54,10 @@ def broken_engine(ov_int8_engine, tmp_path_factory) -> tuple[Path, str]:
         if src.name == "openvino_model.bin":
             shutil.copyfile(src, dst / src.name)  # a real copy: the original must stay intact
         elif src.is_file():
-            os.link(src, dst / src.name)
+            try:
+                os.link(src, dst / src.name)
+            except OSError:  # another file system
+                shutil.copy2(src, dst / src.name)
     tensor = corrupt_largest_int8_tensor(dst)
     manifest = read_manifest(ov_int8_engine)
     write_manifest(dst, manifest.model_copy(update={"files": hash_files(dst)}))

@@ -64,7 +64,7 @@ class CadenceServer:
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> "CadenceServer":
+    def __enter__(self) -> CadenceServer:
         self.thread.start()
         deadline = time.time() + 20
         while not self.server.started:

@@ -16,7 +16,7 @@ def test_poisson_arrivals_are_seeded_exponential_and_bounded():
     a = poisson_arrivals(4.0, 4000, seed=1)
     assert a == poisson_arrivals(4.0, 4000, seed=1)
     assert a != poisson_arrivals(4.0, 4000, seed=2)
-    gaps = [y - x for x, y in zip([0.0, *a], a)]
+    gaps = [y - x for x, y in zip([0.0, *a], a, strict=False)]
     assert statistics.fmean(gaps) == pytest.approx(0.25, rel=0.06)
     # exponential: standard deviation equals the mean
     assert statistics.pstdev(gaps) == pytest.approx(0.25, rel=0.1)
