@@ -48,6 +48,7 @@ class Level:
     concurrency: int
     wall: float
     samples: list[Sample]
+    cpu: dict[str, float] | None = None  # CPU seconds used during the level, by process
 
     @property
     def throughput(self) -> float:
@@ -58,8 +59,17 @@ class Level:
         return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-async def closed_loop(one, concurrency: int, rounds: int) -> Level:
+def _cpu(procs: dict) -> dict[str, float]:
+    out = {}
+    for name, p in procs.items():
+        t = p.cpu_times()
+        out[name] = t.user + t.system
+    return out
+
+
+async def closed_loop(one, concurrency: int, rounds: int, procs: dict | None = None) -> Level:
     samples: list[Sample] = []
+    before = _cpu(procs or {})
 
     async def client(i: int):
         for r in range(rounds):
@@ -67,7 +77,9 @@ async def closed_loop(one, concurrency: int, rounds: int) -> Level:
 
     t0 = time.perf_counter()
     await asyncio.gather(*[client(i) for i in range(concurrency)])
-    return Level(concurrency, time.perf_counter() - t0, samples)
+    wall = time.perf_counter() - t0
+    after = _cpu(procs or {})
+    return Level(concurrency, wall, samples, {k: after[k] - before[k] for k in after})
 
 
 def inproc_runner(engine_dir: Path, max_seqs: int, max_tokens: int):
@@ -124,8 +136,12 @@ async def run(engine_dir: Path, levels: list[int], max_tokens: int, rounds: int,
     the machine's background load hit both alike."""
     import httpx
 
+    import psutil
+
     max_seqs = max(levels)
     proc = start_server(engine_dir, max_seqs, port) if mode in ("both", "server") else None
+    me = psutil.Process()
+    server_procs = {"client": me} | ({"server": psutil.Process(proc.pid)} if proc else {})
     engine = None
     inproc: list[Level] = []
     served: list[Level] = []
@@ -149,9 +165,9 @@ async def run(engine_dir: Path, levels: list[int], max_tokens: int, rounds: int,
                 await one_http(-1)  # warm-up
             for c in levels:
                 if engine is not None:
-                    inproc.append(await closed_loop(one_inproc, c, rounds))
+                    inproc.append(await closed_loop(one_inproc, c, rounds, {"process": me}))
                 if proc is not None:
-                    served.append(await closed_loop(one_http, c, rounds))
+                    served.append(await closed_loop(one_http, c, rounds, server_procs))
     finally:
         if engine is not None:
             engine.close()
@@ -164,11 +180,13 @@ async def run(engine_dir: Path, levels: list[int], max_tokens: int, rounds: int,
 def table(title: str, levels: list[Level]) -> None:
     print(f"\n{title}")
     print(f"{'conc':>5} {'reqs':>5} {'out tok/s':>10} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} "
-          f"{'decode tok/s/stream':>20}")
+          f"{'decode tok/s/stream':>20}  CPU s per 1k tokens")
     for lv in levels:
         decode = statistics.median(s.decode_tps for s in lv.samples)
+        tokens = sum(s.tokens for s in lv.samples) / 1000
+        cpu = " ".join(f"{k}={v / tokens:.2f}" for k, v in (lv.cpu or {}).items())
         print(f"{lv.concurrency:>5} {len(lv.samples):>5} {lv.throughput:>10.1f} {lv.pct(0.5) * 1000:>12.0f} "
-              f"{lv.pct(0.99) * 1000:>12.0f} {decode:>20.1f}")
+              f"{lv.pct(0.99) * 1000:>12.0f} {decode:>20.1f}  {cpu}")
 
 
 def default_engine() -> Path:
