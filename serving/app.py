@@ -62,13 +62,34 @@ def error_response(status: int, message: str, *, type: str = "invalid_request_er
                         status_code=status, headers=headers)
 
 
+MAX_BODY_BYTES = 4 * 1024 * 1024  # a 4096-token context is ~16 KB of text; bodies beyond this are refused
+
+
+class _BodyLimit:
+    """Refuse request bodies larger than ``limit`` by their Content-Length (413, OpenAI's shape)."""
+
+    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            for key, value in scope.get("headers", ()):
+                if key == b"content-length" and value.isdigit() and int(value) > self.limit:
+                    response = error_response(413, f"The request body is {int(value)} bytes; the limit is "
+                                              f"{self.limit}.", code="request_too_large")
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
 def _param(loc: Sequence[Any]) -> str | None:
     parts = [p for p in loc if p != "body"]
     out = ""
     for p in parts:
         if isinstance(p, int):
             out += f"[{p}]"
-        elif p in ("str", "list[TextPart]", "function-after[_stop_list(), union[str,list[str]]]") or "[" in str(p):
+        elif p in ("str", "int", "float", "bool") or "[" in str(p):
             continue  # pydantic's union branch names are not parameters
         else:
             out += ("." if out else "") + str(p)
@@ -322,6 +343,7 @@ def build_app(config: ServeConfig | Any | None = None, *, slots: Slots | None = 
     app.state.service = OpenAIService(slots, metrics, log_prompts=config.log_prompts,
                                       default_max_tokens=config.default_max_tokens)
     _install_error_handlers(app)
+    app.add_middleware(_BodyLimit)
     app.include_router(_openai_router())
     app.include_router(_ops_router())
     app.include_router(_admin_router())

@@ -155,6 +155,12 @@ async def test_malformed_json_and_missing_body_are_400(server):
     assert_error(resp, 400)
 
 
+async def test_oversized_body_is_413(server):
+    client, *_ = server
+    huge = chat(messages=[{"role": "user", "content": "x" * (5 * 1024 * 1024)}])
+    assert_error(await client.post("/v1/chat/completions", json=huge), 413, code="request_too_large")
+
+
 async def test_context_length_is_400_naming_max_tokens(server):
     client, *_ = server
     err = assert_error(await client.post("/v1/chat/completions", json=chat(max_tokens=500)), 400, param="max_tokens")
