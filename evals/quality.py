@@ -298,8 +298,8 @@ def run_quality(engine_dir: str | Path, reference_dir: str | Path, profile: str 
             args = {"base_url": f"{base}/v1/chat/completions", "model": model, "num_concurrent": 1,
                     "max_retries": 2, "tokenizer_backend": None, "tokenized_requests": False,
                     "max_gen_toks": prof.gsm8k_max_gen_toks}
-            if api_key:
-                args["auth_token"] = api_key
+            if api_key:  # lm-eval's API models send `header` as is (else $OPENAI_API_KEY)
+                args["header"] = {"Authorization": f"Bearer {api_key}"}
             cand = run_lm_eval("local-chat-completions", args, prof, tasks_dir, tasks=(GSM8K_TASK,))
             texts = candidate_texts_endpoint(base, model, prompts, prof.agreement_k, api_key=api_key)
         else:

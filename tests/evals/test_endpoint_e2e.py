@@ -55,8 +55,8 @@ def test_endpoint_as_quality_candidate(served_int8, reference_model):
     assert report.candidate_scores.word_perplexity is None  # an endpoint gives no prompt log-probabilities
     metrics = report.metrics()
     assert "perplexity_ratio" not in metrics
-    # the server runs the same int8 engine as the openvino path: greedy answers agree with the reference
-    assert metrics["token_agreement"] >= 0.75, report.agreement
+    # the server runs the same int8 engine as the openvino path: its greedy answers pass the agreement
+    # gates, GSM8K does not drop; only perplexity is unmeasured (and so fails: not enough to promote)
     gate = apply_gates(metrics, sections=["quality"])
-    assert gate.failed == ["perplexity_ratio"]
+    assert gate.failed == ["perplexity_ratio"], gate.to_markdown()
     assert next(c for c in gate.checks if c.metric == "perplexity_ratio").note == "not measured"
