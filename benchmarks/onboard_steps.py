@@ -10,7 +10,6 @@ shared cache dir is reused: reference model, olah's venv, cached reference evals
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import socket
 import sys
@@ -57,7 +56,7 @@ def main() -> None:
                                           latency=not args.no_latency, serving_timeout_s=0), return_state=True)
             total = time.monotonic() - started
             print(f"\n{label}: {state.name} in {total:.1f} s (flow run incl. Prefect overhead)")
-            for name, seconds in asyncio.run(_task_times(state.state_details.flow_run_id)):
+            for name, seconds in _task_times(state.state_details.flow_run_id):
                 print(f"  {name:<28} {seconds:7.1f} s")
             if state.is_completed():
                 r = state.result()
@@ -65,15 +64,14 @@ def main() -> None:
     sys.stdout.flush()
 
 
-async def _task_times(flow_run_id) -> list[tuple[str, float]]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+def _task_times(flow_run_id) -> list[tuple[str, float]]:
+    import httpx
+    from prefect.settings import PREFECT_API_URL
 
-    async with get_client() as client:
-        runs = await client.read_task_runs(task_run_filter=TaskRunFilter(
-            flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id])))
-    runs.sort(key=lambda r: r.start_time or r.expected_start_time)
-    return [(r.name, r.total_run_time.total_seconds()) for r in runs]
+    runs = httpx.post(f"{PREFECT_API_URL.value()}/task_runs/filter", timeout=15, json={
+        "task_runs": {"flow_run_id": {"any_": [str(flow_run_id)]}}, "limit": 200}).json()
+    runs.sort(key=lambda r: r.get("start_time") or r.get("expected_start_time") or "")
+    return [(r["name"], float(r.get("total_run_time") or 0)) for r in runs]
 
 
 if __name__ == "__main__":

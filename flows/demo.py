@@ -95,56 +95,48 @@ def wait_served(api_url: str, api_key: str | None, model: str, version: str, tim
 
 
 def follow_deployment_run(deployment: str, say, *, since: float, revision: str | None = None,
-                          timeout: float = 600) -> Any:
+                          timeout: float = 600) -> dict[str, Any]:
     """Wait for the next flow run of ``deployment`` (created after ``since``) to finish, printing
-    its task runs as they complete; returns its final state."""
-    import asyncio
+    its task runs as they complete; returns the flow run (JSON of the Prefect API).
 
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterName,
-        FlowRunFilter,
-        FlowRunFilterExpectedStartTime,
-        TaskRunFilter,
-        TaskRunFilterFlowRunId,
-    )
+    Plain HTTP on the Prefect API: Prefect 3.8.8's clients send ``limit``/``sort`` as null in
+    their filters, which its own server refuses (422).
+    """
+    from datetime import UTC, datetime
 
-    async def follow() -> Any:
-        from datetime import UTC, datetime
+    import httpx
+    from prefect.settings import PREFECT_API_URL
 
-        shown: set[str] = set()
-        run = None
-        deadline = time.monotonic() + timeout
-        async with get_client() as client:
-            while time.monotonic() < deadline:
-                if run is None:
-                    runs = await client.read_flow_runs(
-                        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
-                        flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(
-                            after_=datetime.fromtimestamp(since, UTC))),
-                    )
-                    runs = [r for r in runs if revision is None
-                            or (r.parameters.get("config") or {}).get("revision") == revision]
-                    if runs:
-                        run = runs[0]
-                        say(f"  flow run '{run.name}' of deployment {deployment} started by the trigger")
-                else:
-                    run = await client.read_flow_run(run.id)
-                    tasks = await client.read_task_runs(task_run_filter=TaskRunFilter(
-                        flow_run_id=TaskRunFilterFlowRunId(any_=[run.id])))
-                    for t in sorted(tasks, key=lambda t: t.end_time or t.expected_start_time):
-                        if t.state and t.state.is_final() and str(t.id) not in shown:
-                            shown.add(str(t.id))
-                            took = (t.total_run_time.total_seconds() if t.total_run_time else 0)
-                            say(f"    {t.name}: {t.state.name} ({took:.0f} s)")
-                    if run.state and run.state.is_final():
-                        return run.state
-                await asyncio.sleep(2)
-        raise FlowsError(f"no {deployment} flow run finished within {timeout:.0f} s",
-                         "see the worker log in $ONRAMP_HOME/demo/logs/worker-cpu.log and the Prefect UI")
-
-    return asyncio.run(follow())
+    api = PREFECT_API_URL.value()
+    after = datetime.fromtimestamp(since, UTC).isoformat()
+    shown: set[str] = set()
+    run: dict[str, Any] | None = None
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=api, timeout=15) as http:
+        while time.monotonic() < deadline:
+            if run is None:
+                runs = http.post("/flow_runs/filter", json={
+                    "deployments": {"name": {"any_": [deployment]}},
+                    "flow_runs": {"expected_start_time": {"after_": after}}, "limit": 50}).json()
+                runs = [r for r in runs if revision is None
+                        or (r.get("parameters", {}).get("config") or {}).get("revision") == revision]
+                if runs:
+                    run = runs[0]
+                    say(f"  flow run '{run['name']}' of deployment {deployment} started by the trigger")
+            else:
+                run = http.get(f"/flow_runs/{run['id']}").json()
+                tasks = http.post("/task_runs/filter", json={
+                    "task_runs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200}).json()
+                for t in sorted(tasks, key=lambda t: t.get("end_time") or t.get("expected_start_time") or ""):
+                    state = t.get("state") or {}
+                    if state.get("type") in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and t["id"] not in shown:
+                        shown.add(t["id"])
+                        say(f"    {t['name']}: {state.get('name')} ({t.get('total_run_time') or 0:.0f} s)")
+                if (run.get("state") or {}).get("type") in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                    return run
+            time.sleep(2)
+    raise FlowsError(f"no {deployment} flow run finished within {timeout:.0f} s",
+                     "see the worker log in $ONRAMP_HOME/demo/logs/worker-cpu.log and the Prefect UI")
 
 
 # ------------------------------------------------------------------------------ the demo
@@ -158,7 +150,7 @@ def demo_settings(base: Settings | None = None) -> Settings:
         mirror_port=mirror_port, hf_endpoint=f"http://{base.mirror_host}:{mirror_port}",
         mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", mlflow_artifact_root=str(home / "mlartifacts"),
         keys_file=home / "keys.json", prefect_port=_port(base.prefect_port), mlflow_port=_port(base.mlflow_port),
-        api_port=_port(base.api_port), watch_repos=[REPO], watch_orgs=[], watch_interval_s=10,
+        api_port=_port(base.api_port), watch_repos=[REPO], watch_orgs=[], watch_interval_s=20,
     )
 
 
@@ -211,13 +203,13 @@ def run_demo(keep: bool = False) -> None:
         say(f"  Q: {QUESTION}\n        A ({result.model} v{result.version}): "
             f"{answer['choices'][0]['message']['content'].strip()}")
 
-        say("5/6 publishing a new revision; the watcher (every 10 s) sees it and the trigger onboards it")
+        say("5/6 publishing a new revision; the watcher (every 20 s) sees it and the trigger onboards it")
         since = time.time() - 1
         sha2 = publish(REPO, reference, settings.mirror_dir, "onramp demo: second revision")
         say(f"  published {REPO}@{sha2[:12]}")
-        final = follow_deployment_run("onboard", say, since=since, revision=sha2)
-        if not final.is_completed():
-            raise FlowsError(f"the onboard run of {sha2[:12]} ended {final.name}: {final.message}",
+        final = follow_deployment_run("onboard", say, since=since, revision=sha2)["state"]
+        if final["type"] != "COMPLETED":
+            raise FlowsError(f"the onboard run of {sha2[:12]} ended {final['name']}: {final.get('message')}",
                              f"see the Prefect UI ({state['prefect_ui']}) and {settings.home / 'logs'}")
         from registry.client import Registry
 

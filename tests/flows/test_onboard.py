@@ -174,7 +174,7 @@ def test_new_revision_to_served_endpoint_failing_gate_and_rerun(prefect_server, 
                                     daemon=True)
         approver.start()
         state = onboard(OnboardConfig(repo=repo, revision=sha, targets=["cpu", "a100-80gb"], approve=True,
-                                      serving_timeout_s=0), return_state=True)
+                                      approval_timeout_s=300, serving_timeout_s=0), return_state=True)
         rerun_s = time.monotonic() - started
         approver.join(timeout=5)
         assert state.is_completed(), state.message
@@ -210,22 +210,21 @@ approved_runs: list[str] = []
 
 def _approve_when_paused(repo: str, answer: dict, timeout: float = 600) -> None:
     """Play the human: wait until the onboard run of ``repo`` pauses, then submit the form."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-    from prefect.client.schemas.objects import StateType
+    import httpx
     from prefect.flow_runs import resume_flow_run
+    from prefect.settings import PREFECT_API_URL
 
+    api = PREFECT_API_URL.value()
     deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
-            for run in runs:
-                if repo in run.name:
-                    resume_flow_run(run.id, run_input=answer)
-                    approved_runs.append(str(run.id))
-                    return
-            time.sleep(1)
+    while time.monotonic() < deadline:
+        runs = httpx.post(f"{api}/flow_runs/filter", timeout=10, json={
+            "flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}, "limit": 50}).json()
+        for run in runs:
+            if repo in run["name"]:
+                resume_flow_run(run["id"], run_input=answer)
+                approved_runs.append(run["id"])
+                return
+        time.sleep(1)
 
 
 def _assert_artifacts(repo: str) -> None:
@@ -242,7 +241,8 @@ def _assert_artifacts(repo: str) -> None:
     async def read() -> dict[str, object]:
         async with get_client() as client:
             keys = [f"{slug}-{k}" for k in ("layouts", "evals", "latency", "mlflow-run", "mlflow-version", "result")]
-            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+            flt = ArtifactFilter(key=ArtifactFilterKey(any_=keys))
+            arts = await client.read_artifacts(limit=50, artifact_filter=flt)
             return {a.key: a for a in arts}
 
     arts = asyncio.run(read())
