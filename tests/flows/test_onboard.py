@@ -228,26 +228,18 @@ def _approve_when_paused(repo: str, answer: dict, timeout: float = 600) -> None:
 
 
 def _assert_artifacts(repo: str) -> None:
-    """The keyed artifacts the Prefect UI shows for an onboarding."""
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    """The keyed artifacts the Prefect UI shows for an onboarding (read over plain HTTP)."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
 
     from flows.onboard import _slug
 
     slug = _slug(repo)
-
-    async def read() -> dict[str, object]:
-        async with get_client() as client:
-            keys = [f"{slug}-{k}" for k in ("layouts", "evals", "latency", "mlflow-run", "mlflow-version", "result")]
-            flt = ArtifactFilter(key=ArtifactFilterKey(any_=keys))
-            arts = await client.read_artifacts(limit=50, artifact_filter=flt)
-            return {a.key: a for a in arts}
-
-    arts = asyncio.run(read())
-    assert {f"{slug}-layouts", f"{slug}-evals", f"{slug}-latency", f"{slug}-mlflow-run",
-            f"{slug}-mlflow-version", f"{slug}-result"} <= set(arts)
-    assert arts[f"{slug}-layouts"].type == "table"
-    assert "gate" in str(arts[f"{slug}-evals"].data)
-    assert "data:image/png;base64," in str(arts[f"{slug}-latency"].data)
+    keys = [f"{slug}-{k}" for k in ("layouts", "evals", "latency", "mlflow-run", "mlflow-version", "result")]
+    arts = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", timeout=15,
+                      json={"artifacts": {"key": {"any_": keys}}, "limit": 50}).json()
+    by_key = {a["key"]: a for a in arts}
+    assert set(keys) <= set(by_key), sorted(by_key)
+    assert by_key[f"{slug}-layouts"]["type"] == "table"
+    assert "gate" in str(by_key[f"{slug}-evals"]["data"])
+    assert "data:image/png;base64," in str(by_key[f"{slug}-latency"]["data"])
