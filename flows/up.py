@@ -185,7 +185,11 @@ class Up:
                 if "://" not in s.mlflow_artifact_root:
                     Path(s.mlflow_artifact_root).mkdir(parents=True, exist_ok=True)
                 if s.mlflow_tracking_uri.startswith("sqlite:///"):
-                    Path(s.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+                    # create the tracking database here, once: a fresh SQLite store initialised by
+                    # `mlflow server` itself sometimes fails (SQLAlchemy CircularDependencyError)
+                    from registry.client import Registry
+
+                    Registry(s).experiment_id()
                 wait.append(self._spawn("mlflow-server", [
                     py, "-m", "mlflow", "server", "--backend-store-uri", s.mlflow_tracking_uri,
                     "--default-artifact-root", s.mlflow_artifact_root, "--host", "127.0.0.1",
