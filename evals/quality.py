@@ -15,6 +15,7 @@ checkpoint's content hash and the eval configuration, so gating a second build i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -139,17 +140,40 @@ def _hash_checkpoint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _offline_env() -> None:
+@contextlib.contextmanager
+def _offline_env():
+    """Hub and datasets offline for one lm-eval run, restored afterwards.
+
+    Setting these for the whole process would leak into everything after the eval (a later
+    Hub pull in the same worker, every child process), so they are scoped to the run.
+    huggingface_hub reads HF_HUB_OFFLINE once at import: import it first, outside the scope.
+    """
+    import huggingface_hub.constants  # noqa: F401  (freeze its online default before we flip the env)
+
+    names = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
+    saved_env = {name: os.environ.get(name) for name in names}
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         import datasets.config
-
+    except ImportError:  # pragma: no cover - datasets comes with lm-eval
+        datasets = None
+    saved_flags = None
+    if datasets is not None:
+        saved_flags = (datasets.config.HF_DATASETS_OFFLINE, datasets.config.HF_HUB_OFFLINE)
         datasets.config.HF_DATASETS_OFFLINE = True
         datasets.config.HF_HUB_OFFLINE = True
-    except ImportError:  # pragma: no cover - datasets comes with lm-eval
-        pass
+    try:
+        yield
+    finally:
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if saved_flags is not None:
+            datasets.config.HF_DATASETS_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved_flags
 
 
 def _pick(results: dict, task: str, metric: str) -> float | None:
@@ -157,26 +181,32 @@ def _pick(results: dict, task: str, metric: str) -> float | None:
     return None if value is None or value == "N/A" else float(value)
 
 
-def run_lm_eval(model: str, model_args: dict[str, Any], profile: Profile, tasks_dir: Path,
-                *, tasks: tuple[str, ...] = (GSM8K_TASK, PERPLEXITY_TASK)) -> LmEvalScores:
-    """One lm_eval.simple_evaluate run of the onramp tasks on one model; returns the scores."""
-    _offline_env()
+def _simple_evaluate(model: str, model_args: dict[str, Any], tasks: list[str], tasks_dir: Path,
+                     batch_size: int) -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    return lm_eval.simple_evaluate(
+        model=model,
+        model_args=model_args,
+        tasks=tasks,
+        task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
+        batch_size=batch_size,
+        apply_chat_template=True,
+        log_samples=False,
+        bootstrap_iters=0,
+        verbosity="WARNING",
+    )
+
+
+def run_lm_eval(model: str, model_args: dict[str, Any], profile: Profile, tasks_dir: Path,
+                *, tasks: tuple[str, ...] = (GSM8K_TASK, PERPLEXITY_TASK)) -> LmEvalScores:
+    """One lm_eval.simple_evaluate run of the onramp tasks on one model; returns the scores."""
     start = time.monotonic()
     try:
-        out = lm_eval.simple_evaluate(
-            model=model,
-            model_args=model_args,
-            tasks=list(tasks),
-            task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
-            batch_size=1 if model.startswith("local-") else profile.batch_size,
-            apply_chat_template=True,
-            log_samples=False,
-            bootstrap_iters=0,
-            verbosity="WARNING",
-        )
+        with _offline_env():
+            out = _simple_evaluate(
+                model, model_args, list(tasks), tasks_dir, 1 if model.startswith("local-") else profile.batch_size)
     except EvalError:
         raise
     except Exception as exc:  # lm-eval and the backends raise anything

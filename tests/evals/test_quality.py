@@ -82,3 +82,17 @@ def test_broken_candidate_fails_the_gate_naming_the_metric(broken_engine, refere
     ratio = next(c for c in result.checks if c.metric == "perplexity_ratio")
     assert not ratio.passed and (not math.isfinite(ratio.value) or ratio.value > 2), (tensor, ratio)
     assert "FAIL (" in result.to_markdown() and "perplexity_ratio" in result.to_markdown()
+
+
+def test_offline_mode_is_scoped_to_the_lm_eval_run(monkeypatch):
+    """The eval's offline switches must not leak into the rest of the process (a later Hub pull)."""
+    import os
+
+    from evals.quality import _offline_env
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    with _offline_env():
+        assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_DATASETS_OFFLINE"] == "1"
+    assert "HF_HUB_OFFLINE" not in os.environ
+    assert os.environ["HF_DATASETS_OFFLINE"] == "0"
