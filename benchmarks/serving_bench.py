@@ -7,7 +7,7 @@ subprocess) with one light asyncio httpx client streaming /v1/chat/completions. 
 generates exactly --max-tokens tokens (ignore_eos), so both modes do the same work.
 
     .venv/bin/python benchmarks/serving_bench.py [--engine DIR] [--concurrency 1,4,16]
-        [--max-tokens 128] [--rounds 3] [--mode both|inproc|server]
+        [--max-tokens 128] [--rounds 3] [--repeat 1] [--mode both|inproc|server]
 
 Without --engine it uses (building it once if needed) the reference model's int8 OpenVINO engine
 in the test cache.
@@ -119,21 +119,22 @@ def http_runner(client, max_tokens: int):
         async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
             resp.raise_for_status()
             async for line in resp.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if ttft is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                    ttft = time.perf_counter() - t0
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
+                # parse JSON only where needed: the load client shares the engine's 2 cores
+                if ttft is None and line.startswith("data: {"):
+                    chunk = json.loads(line[6:])
+                    if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                        ttft = time.perf_counter() - t0
+                if '"usage":{' in line:
+                    tokens = json.loads(line[6:])["usage"]["completion_tokens"]
         return Sample(ttft or 0.0, time.perf_counter() - t0, tokens)
 
     return one
 
 
-async def run(engine_dir: Path, levels: list[int], max_tokens: int, rounds: int, port: int, mode: str):
-    """Both modes, level by level (in-process, then server, at each level), so that changes in
-    the machine's background load hit both alike."""
+async def run(engine_dir: Path, levels: list[int], max_tokens: int, rounds: int, port: int, mode: str,
+              repeat: int = 1):
+    """Both modes, level by level (in-process, then server, at each level, ``repeat`` times), so
+    that changes in the machine's background load hit both alike."""
     import httpx
 
     import psutil
@@ -164,10 +165,11 @@ async def run(engine_dir: Path, levels: list[int], max_tokens: int, rounds: int,
                     await asyncio.sleep(0.5)
                 await one_http(-1)  # warm-up
             for c in levels:
-                if engine is not None:
-                    inproc.append(await closed_loop(one_inproc, c, rounds, {"process": me}))
-                if proc is not None:
-                    served.append(await closed_loop(one_http, c, rounds, server_procs))
+                for _ in range(repeat):
+                    if engine is not None:
+                        inproc.append(await closed_loop(one_inproc, c, rounds, {"process": me}))
+                    if proc is not None:
+                        served.append(await closed_loop(one_http, c, rounds, server_procs))
     finally:
         if engine is not None:
             engine.close()
@@ -204,6 +206,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3, help="requests per client per level")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="alternate in-process and server this many times per level; the ratio is their medians'")
     ap.add_argument("--mode", choices=["both", "inproc", "server"], default="both")
     ap.add_argument("--port", type=int, default=0)
     args = ap.parse_args()
@@ -211,21 +215,23 @@ def main() -> None:
     engine_dir = args.engine or default_engine()
     port = args.port
     if not port:
-        import socket
+        from serving.process import free_port
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
     print(f"engine {engine_dir}\n{args.max_tokens} output tokens per request, {args.rounds} requests per client, "
           f"{os.cpu_count()} CPUs")
-    inproc, server = asyncio.run(run(engine_dir, levels, args.max_tokens, args.rounds, port, args.mode))
+    inproc, server = asyncio.run(run(engine_dir, levels, args.max_tokens, args.rounds, port, args.mode, args.repeat))
     if inproc:
         table("in-process (engine.stream)", inproc)
     if server:
         table("HTTP server (onramp serve, SSE /v1/chat/completions, one asyncio httpx client)", server)
     if inproc and server:
-        print("\nserver / in-process throughput: " + ", ".join(
-            f"c={a.concurrency}: {b.throughput / a.throughput:.1%}" for a, b in zip(inproc, server, strict=True)))
+        parts = []
+        for c in levels:
+            a = statistics.median(lv.throughput for lv in inproc if lv.concurrency == c)
+            b = statistics.median(lv.throughput for lv in server if lv.concurrency == c)
+            parts.append(f"c={c}: {b / a:.1%}")
+        print(f"\nserver / in-process throughput (median of {args.repeat}): " + ", ".join(parts))
 
 
 if __name__ == "__main__":

@@ -45,11 +45,9 @@ def _port(preferred: int) -> int:
 
     if port_free(preferred):
         return preferred
-    import socket
+    from serving.process import free_port
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port()
 
 
 # ------------------------------------------------------------------------------ shared helpers

@@ -227,51 +227,21 @@ LATENCY_LOAD: dict[str, dict[str, Any]] = {
 def serve_engine(engine_dir: Path, name: str, *, start_timeout: float = 300.0):
     """Serve one engine on a free loopback port (``onramp serve``, auth on with a throw-away key)
     until the block ends; yields ``(url, api_key)``."""
-    import socket
-    import subprocess
-    import sys
     import tempfile
 
-    import httpx
-
     from serving.auth import create_key
+    from serving.process import ServerStartError, run_onramp_serve
 
     with tempfile.TemporaryDirectory(prefix="onramp-bench-") as tmp:
         keys = Path(tmp) / "keys.json"
         key = create_key(keys, "latency-bench")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
-        log_path = Path(tmp) / "serve.log"
-        with log_path.open("wb") as logf:
-            proc = subprocess.Popen([sys.executable, "-m", "onramp", "serve", "--engine", f"{name}={engine_dir}",
-                                     "--host", "127.0.0.1", "--port", str(port), "--keys-file", str(keys)],
-                                    stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            deadline = time.monotonic() + start_timeout
-            while True:
-                if proc.poll() is not None:
-                    tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-                    raise OnboardError(f"the benchmark server for {engine_dir.name} exited: {tail[0][:300]}",
-                                       "try `onramp serve --engine NAME=DIR` by hand to see why")
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise OnboardError(f"the benchmark server for {engine_dir.name} was not ready in "
-                                       f"{start_timeout:.0f} s", "the machine may be overloaded; retry")
-                time.sleep(0.5)
-            yield url, key
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            with run_onramp_serve(["--engine", f"{name}={engine_dir}", "--keys-file", str(keys)],
+                                  log=Path(tmp) / "serve.log", timeout=start_timeout) as server:
+                yield server.url, key
+        except ServerStartError as exc:
+            raise OnboardError(f"the benchmark server for {engine_dir.name} could not start: {exc.what}",
+                               "try `onramp serve --engine NAME=DIR` by hand to see why") from None
 
 
 def _latency(engine_dir: Path, out_dir: Path, profile: str) -> tuple[dict[str, float], str, str | None]:

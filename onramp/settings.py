@@ -62,14 +62,17 @@ class Settings(BaseSettings):
 
     # Watcher and webhook (flows)
     watch_repos: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Hub repo ids (ORG/NAME) whose new revisions are onboarded; comma-separated in the environment."
+        default_factory=list,
+        description="Hub repo ids (ORG/NAME) whose new revisions are onboarded; comma-separated in the environment.",
     )
     watch_orgs: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Hub authors/orgs whose models are all watched; comma-separated in the environment."
+        default_factory=list,
+        description="Hub authors/orgs whose models are all watched; comma-separated in the environment.",
     )
     watch_interval_s: int = Field(default=300, ge=5, description="How often the watch flow polls the Hub.")
     webhook_secret: str | None = Field(
-        default=None, description="Secret the Hub sends in X-Webhook-Secret to POST /hooks/huggingface; unset = webhook off."
+        default=None,
+        description="Secret the Hub sends in X-Webhook-Secret to POST /hooks/huggingface; unset = webhook off.",
     )
 
     @field_validator("watch_repos", "watch_orgs", mode="before")

@@ -14,19 +14,14 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
+from serving.process import free_port  # noqa: F401 - tests import it from here
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_CACHE = Path(os.environ.get("ONRAMP_TEST_CACHE") or REPO_ROOT / ".cache" / "test").resolve()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)

@@ -5,18 +5,13 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
-import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import free_port
+from serving.process import run_onramp_serve
 
 SERVED = "smollm2-int8"
 
@@ -64,14 +59,6 @@ def broken_engine(ov_int8_engine, tmp_path_factory) -> tuple[Path, str]:
     return dst, tensor
 
 
-@dataclass
-class Server:
-    url: str
-    key: str
-    proc: subprocess.Popen
-    log: Path
-
-
 @pytest.fixture(scope="session")
 def served_int8(ov_int8_engine, tmp_path_factory):
     """`onramp serve` in a subprocess on a free loopback port, auth on, serving the int8 engine."""
@@ -80,32 +67,13 @@ def served_int8(ov_int8_engine, tmp_path_factory):
     home = tmp_path_factory.mktemp("evals-serve")
     keys_file = home / "keys.json"
     key = create_key(keys_file, "evals")
-    port = free_port()
-    log = home / "server.log"
     env = {**os.environ, "ONRAMP_HOME": str(home)}
-    cmd = [sys.executable, "-m", "onramp", "serve", "--engine", f"{SERVED}={ov_int8_engine}", "--port", str(port),
-           "--keys-file", str(keys_file)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"onramp serve exited ({proc.returncode}): {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"onramp serve not ready after 300 s: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield Server(url=url, key=key, proc=proc, log=log)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with run_onramp_serve(["--engine", f"{SERVED}={ov_int8_engine}", "--keys-file", str(keys_file)],
+                          log=home / "server.log", env=env) as server:
+        yield Served(url=server.url, key=key)
+
+
+@dataclass
+class Served:
+    url: str
+    key: str

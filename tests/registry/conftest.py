@@ -19,17 +19,15 @@ import hashlib
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
+from serving.process import spawn_server
 from tests.conftest import free_port
 
 BUCKET = "onramp-registry-test"
@@ -179,38 +177,17 @@ def mlflow_server(moto_s3, mlflow_db_template, tmp_path_factory):
     port = free_port()
     root = f"s3://{BUCKET}/server-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, **S3_ENV, "MLFLOW_S3_ENDPOINT_URL": endpoint}
-    log = (work / "server.log").open("wb")
-    proc = subprocess.Popen(
+    server = spawn_server(
         [str(Path(sys.executable).parent / "mlflow"), "server",
          "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}",
          "--default-artifact-root", root, "--no-serve-artifacts",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=work, start_new_session=True, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
+        url=f"http://127.0.0.1:{port}", log=work / "server.log", env=env, cwd=work, what="mlflow server")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(work / 'server.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(work / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield url, root
+        server.wait_ready(path="/health", timeout=120)
+        yield server.url, root
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait(5)
-        log.close()
+        server.stop(timeout=10)
 
 
 class FlakyProxy:

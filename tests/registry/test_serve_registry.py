@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 
 from builders.manifest import read_manifest
 from registry.client import Registry
-from tests.conftest import free_port
+from serving.process import run_onramp_serve
 
 
 def _served_version(url: str, name: str, proc: subprocess.Popen, log: Path) -> str | None:
@@ -46,16 +44,9 @@ def test_serve_registry_swaps_on_promote_and_rollback(ov_int8_engine, onramp_hom
     v2 = reg.register(ov_int8_engine, gate_passed=True)  # a re-registration: a new version, same files
     reg.promote(name, v1)
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "onramp"), "serve", "--registry", "--no-auth",
-             "--port", str(port), "--default-max-tokens", "16"],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ}, start_new_session=True,
-        )
-    try:
+    with run_onramp_serve(["--registry", "--no-auth", "--default-max-tokens", "16"],
+                          log=tmp_path / "serve.log") as server:
+        url, proc, log = server.url, server.proc, server.log
         _wait_for(url, name, v1, proc, log)
         client = OpenAI(base_url=f"{url}/v1", api_key="unused")
         reply = client.chat.completions.create(
@@ -67,11 +58,3 @@ def test_serve_registry_swaps_on_promote_and_rollback(ov_int8_engine, onramp_hom
         _wait_for(url, name, v2, proc, log)
         assert reg.rollback(name) == v1
         _wait_for(url, name, v1, proc, log)  # serving enters an engine only after its warm-up
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait(5)

@@ -4,17 +4,13 @@ the real server (`onramp serve` in a subprocess on a free loopback port)."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from serving.process import ServerProcess, run_onramp_serve
 
 # the two served names are the seeds' own model names, so their curl and Python examples run verbatim
 LAUNCH_MODEL = "mistral-7b-instruct"  # pplx-api launch post (curl + Python example)
@@ -56,15 +52,14 @@ class Server:
     url: str
     key: str
     admin_key: str
-    proc: subprocess.Popen
-    log: Path
+    process: ServerProcess
 
     def client(self, key: str | None = None, **kw) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, timeout=120,
                                  headers={"Authorization": f"Bearer {key or self.key}"}, **kw)
 
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.process.log_text()
 
 
 @pytest.fixture(scope="session")
@@ -75,34 +70,8 @@ def server(ov_int8_engine, tmp_path_factory):
     keys_file = home / "keys.json"
     key = create_key(keys_file, "tests")
     admin_key = create_key(keys_file, "ops", admin=True)
-    port = free_port()
-    log = home / "server.log"
     env = {**os.environ, "ONRAMP_HOME": str(home), "ONRAMP_API_KEYS": ""}
-    cmd = [sys.executable, "-m", "onramp", "serve", "--engine", f"{LAUNCH_MODEL}={ov_int8_engine}",
-           "--engine", f"{WIRE_MODEL}={ov_int8_engine}", "--port", str(port), "--keys-file", str(keys_file),
-           "--max-queue", str(MAX_QUEUE), "--default-max-tokens", "96"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    srv = Server(url=url, key=key, admin_key=admin_key, proc=proc, log=log)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"onramp serve exited ({proc.returncode}):\n{srv.log_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"onramp serve not ready after 300 s:\n{srv.log_text()[-3000:]}")
-            time.sleep(0.5)
-        yield srv
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    args = ["--engine", f"{LAUNCH_MODEL}={ov_int8_engine}", "--engine", f"{WIRE_MODEL}={ov_int8_engine}",
+            "--keys-file", str(keys_file), "--max-queue", str(MAX_QUEUE), "--default-max-tokens", "96"]
+    with run_onramp_serve(args, log=home / "server.log", env=env) as process:
+        yield Server(url=process.url, key=key, admin_key=admin_key, process=process)
