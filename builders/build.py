@@ -34,6 +34,7 @@ from builders.errors import CheckpointError, ManifestError
 from builders.facts import ModelFacts, inspect_checkpoint
 from builders.manifest import Layout, Manifest, Source, hash_files, now_utc, read_manifest, sha256_file, \
     verify_files, write_manifest
+from onramp.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 _SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -72,10 +73,7 @@ def checkpoint_digest(checkpoint: Path, memo_dir: Path | None = None) -> str:
         digest.update(f"{rel}\0{sha256_file(root / rel)}\n".encode())
     result = digest.hexdigest()
     if memo is not None:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(memo.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"path": str(root), "files": files, "digest": result}))
-        os.replace(tmp, memo)
+        write_text_atomic(memo, json.dumps({"path": str(root), "files": files, "digest": result}))
     return result
 
 

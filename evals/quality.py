@@ -33,6 +33,7 @@ from evals.agreement import AgreementResult, candidate_texts_endpoint, candidate
 from evals.config import GSM8K_TASK, PERPLEXITY_TASK, Profile, agreement_prompts, config_fingerprint, \
     gsm8k_file, load_profile, resolve_tasks
 from evals.errors import EvalError
+from onramp.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -287,10 +288,7 @@ def reference_results(reference_dir: Path, profile: Profile, tasks_dir: Path, pr
     texts = reference_texts(reference_dir, prompts, profile.agreement_k)
     result = ReferenceResults(key=key, scores=scores, greedy_texts=texts)
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(result.model_dump_json(indent=1))
-        os.replace(tmp, cache_file)
+        write_text_atomic(cache_file, result.model_dump_json(indent=1))
     return result, False
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.errors import OnboardError
+from onramp.files import write_text_atomic
 from onramp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -165,11 +165,7 @@ def load_cached_eval(settings: Settings, build_id: str, profile: str) -> EvalRes
 
 def save_eval(settings: Settings, result: EvalResult) -> Path:
     path = eval_cache_path(settings, result.build_id, result.profile)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(result.model_dump_json(indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, result.model_dump_json(indent=2))
 
 
 def evaluate(engine_dir: Path, reference_dir: Path, profile: str, settings: Settings, *,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flows.errors import WatchError
 from flows.events import Revision, emit_revision_event
+from onramp.files import write_text_atomic
 from onramp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,9 +105,7 @@ def mark_seen(path: Path, repo: str, sha: str) -> None:
     with _locked(path):
         seen = load_seen(path)
         seen[repo] = sha
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(seen, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(seen, indent=2, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------------------ polling
