@@ -11,17 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> None:
@@ -38,9 +31,10 @@ def main() -> None:
     os.environ["ONRAMP_CACHE_DIR"] = str(cache)
     from onramp.mirror import MirrorServer, publish
     from onramp.reference import HUB_REPO_ID, make_reference_model
+    from serving.process import free_port
 
     reference = make_reference_model(cache_dir=cache)
-    mirror = MirrorServer(home / "mirror", port=_free_port(), venv=cache / "olah-venv", work_dir=home / "olah")
+    mirror = MirrorServer(home / "mirror", port=free_port(), venv=cache / "olah-venv", work_dir=home / "olah")
     (home / "mirror").mkdir()
     sha = publish(HUB_REPO_ID, reference, home / "mirror")
     os.environ["ONRAMP_HF_ENDPOINT"] = mirror.url

@@ -12,19 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _engine(arg: str | None) -> Path:
@@ -72,6 +65,7 @@ def main() -> None:
     from moto.server import ThreadedMotoServer
 
     from registry.client import Registry
+    from serving.process import free_port
 
     with tempfile.TemporaryDirectory(prefix="onramp-bench-") as tmp:
         home = Path(tmp)
@@ -79,7 +73,7 @@ def main() -> None:
                          cache_dir=home / "cache-local")
         _bench("local", local, engine, size_mb)
 
-        port = _free_port()
+        port = free_port()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         try:

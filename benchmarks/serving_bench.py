@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -103,11 +102,15 @@ def inproc_runner(engine_dir: Path, max_seqs: int, max_tokens: int):
     return engine, one
 
 
-def start_server(engine_dir: Path, max_seqs: int, port: int) -> subprocess.Popen:
-    env = {**os.environ, "ONRAMP_HOME": os.environ.get("ONRAMP_HOME", str(REPO / ".cache" / "bench-home"))}
+def start_server(engine_dir: Path, max_seqs: int, port: int):
+    """``onramp serve`` for the engine, auth off, as a child process (serving.process); not yet ready."""
+    from serving.process import spawn_server
+
+    home = Path(os.environ.get("ONRAMP_HOME", str(REPO / ".cache" / "bench-home")))
     cmd = [sys.executable, "-m", "onramp", "serve", "--engine", f"bench={engine_dir}", "--no-auth",
            "--port", str(port), "--max-queue", str(max_seqs * 2)]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    return spawn_server(cmd, url=f"http://127.0.0.1:{port}", log=home / "serving-bench.log",
+                        env={**os.environ, "ONRAMP_HOME": str(home)}, what="onramp serve")
 
 
 def http_runner(client, max_tokens: int):
@@ -140,9 +143,9 @@ async def run(engine_dir: Path, levels: list[int], max_tokens: int, rounds: int,
     import psutil
 
     max_seqs = max(levels)
-    proc = start_server(engine_dir, max_seqs, port) if mode in ("both", "server") else None
+    server = start_server(engine_dir, max_seqs, port) if mode in ("both", "server") else None
     me = psutil.Process()
-    server_procs = {"client": me} | ({"server": psutil.Process(proc.pid)} if proc else {})
+    server_procs = {"client": me} | ({"server": psutil.Process(server.proc.pid)} if server else {})
     engine = None
     inproc: list[Level] = []
     served: list[Level] = []
@@ -153,29 +156,20 @@ async def run(engine_dir: Path, levels: list[int], max_tokens: int, rounds: int,
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600,
                                      limits=httpx.Limits(max_connections=max_seqs + 4)) as client:
             one_http = http_runner(client, max_tokens)
-            if proc is not None:
-                for _ in range(1200):
-                    if proc.poll() is not None:
-                        raise SystemExit(f"onramp serve exited with {proc.returncode}")
-                    try:
-                        if (await client.get("/readyz")).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    await asyncio.sleep(0.5)
+            if server is not None:
+                await asyncio.to_thread(server.wait_ready, timeout=600)
                 await one_http(-1)  # warm-up
             for c in levels:
                 for _ in range(repeat):
                     if engine is not None:
                         inproc.append(await closed_loop(one_inproc, c, rounds, {"process": me}))
-                    if proc is not None:
+                    if server is not None:
                         served.append(await closed_loop(one_http, c, rounds, server_procs))
     finally:
         if engine is not None:
             engine.close()
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
+        if server is not None:
+            server.stop()
     return inproc, served
 
 
@@ -220,7 +214,13 @@ def main() -> None:
         port = free_port()
     print(f"engine {engine_dir}\n{args.max_tokens} output tokens per request, {args.rounds} requests per client, "
           f"{os.cpu_count()} CPUs")
-    inproc, server = asyncio.run(run(engine_dir, levels, args.max_tokens, args.rounds, port, args.mode, args.repeat))
+    from onramp.errors import OnrampError
+
+    try:
+        inproc, server = asyncio.run(run(engine_dir, levels, args.max_tokens, args.rounds, port, args.mode,
+                                         args.repeat))
+    except OnrampError as err:
+        raise SystemExit(f"error: {err}") from None
     if inproc:
         table("in-process (engine.stream)", inproc)
     if server:

@@ -433,9 +433,8 @@ def _merge(a: Delta, b: Delta) -> Delta:
                  new_tokens=a.new_tokens + b.new_tokens, finish_reason=b.finish_reason, logprobs=logprobs)
 
 
-def _put_all(items, turn: threading.Event | None = None) -> None:
+def _put_all(items, turn: threading.Event) -> None:
     for queue, item in items:
         queue.put_nowait(item)
-    if turn is not None:
-        # runs after the consumers these puts woke up (they were scheduled first)
-        asyncio.get_running_loop().call_soon(turn.set)
+    # runs after the consumers these puts woke up (they were scheduled first)
+    asyncio.get_running_loop().call_soon(turn.set)
