@@ -58,7 +58,8 @@ class ABLoad(BaseModel):
 
 # Per eval profile. ``quick`` takes about a minute for the reference model on 2 loaded cores.
 AB_LOAD: dict[str, ABLoad] = {
-    "quick": ABLoad(rounds=6, single_requests=2, concurrency=4, input_tokens=128, output_tokens=32),
+    "quick": ABLoad(rounds=8, single_requests=1, concurrency=4, input_tokens=96, output_tokens=24,
+                    warmup_requests=1),
     "full": ABLoad(rounds=10, single_requests=3, concurrency=8, input_tokens=700, output_tokens=128),
 }
 
@@ -322,8 +323,9 @@ def serve_pair(candidate_dir: Path, production_dir: Path, *, name: str = "model"
 
 
 def ab_engines(candidate_dir: Path, production_dir: Path, load: ABLoad | None = None, *,
-               candidate_env: Mapping[str, str] | None = None, progress=None) -> ABReport:
+               candidate_env: Mapping[str, str] | None = None, candidate_label: str | None = None,
+               production_label: str | None = None, progress=None) -> ABReport:
     """Serve both engine directories side by side and run the A/B."""
     with serve_pair(candidate_dir, production_dir, candidate_env=candidate_env) as (cand, prod):
-        return run_ab(cand, prod, load, candidate_label=str(candidate_dir), production_label=str(production_dir),
-                      progress=progress)
+        return run_ab(cand, prod, load, candidate_label=candidate_label or str(candidate_dir),
+                      production_label=production_label or str(production_dir), progress=progress)

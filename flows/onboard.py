@@ -1,7 +1,7 @@
 """The onboard flow: one run per (repo, revision), from a Hub revision to the served model.
 
-    pull -> plan -> build (one task per layout, concurrently) -> evaluate -> gate
-         -> register -> [approval] -> promote -> serving swaps
+    pull -> plan -> build (one task per layout, concurrently) -> evaluate -> latency A/B vs production
+         -> gate -> register -> [approval] -> promote -> serving swaps
 
 Tasks are thin: each calls one plain function of :mod:`flows.steps` (which calls builders,
 evals, registry). Idempotent: builders reuse a finished build with the same build_id, evals
@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flows import steps
 from flows.errors import OnboardError
-from flows.steps import EvalResult, GateOutcome, LayoutPlan
+from flows.steps import EvalResult, GateOutcome, LatencyAB, LayoutPlan
 from onramp.settings import Settings, load_settings
 
 
@@ -147,10 +147,16 @@ def evaluate_task(engine_dir: Path, reference_dir: Path, profile: str, settings:
     return steps.evaluate(engine_dir, reference_dir, profile, settings, latency=latency)
 
 
+@task(name="latency-ab", cache_policy=NO_CACHE, task_run_name="latency-ab-{layout_key}")
+def latency_ab_task(registry: Any, name: str, engine_dir: Path, profile: str, settings: Settings,
+                    layout_key: str) -> LatencyAB:
+    return steps.latency_ab(registry, name, engine_dir, profile, settings)
+
+
 @task(name="gate", cache_policy=NO_CACHE, task_run_name="gate-{layout_key}")
 def gate_task(metrics: dict[str, float], gates: str | None, production: dict[str, float] | None,
-              latency: bool, layout_key: str) -> GateOutcome:
-    return steps.gate(metrics, gates, production, latency=latency)
+              latency: bool, ab: LatencyAB | None, layout_key: str) -> GateOutcome:
+    return steps.gate(metrics, gates, production, latency=latency, ab=ab)
 
 
 @task(name="production-metrics", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
@@ -262,14 +268,17 @@ def onboard(config: OnboardConfig) -> OnboardResult:
     gates: dict[str, GateOutcome] = {}
     for o in built:
         try:
-            evals[o.key] = evaluate_task(Path(o.engine_dir), checkpoint, config.profile, settings, config.latency,
-                                         layout_key=o.key)
+            evaluated = evaluate_task(Path(o.engine_dir), checkpoint, config.profile, settings, config.latency,
+                                      layout_key=o.key)
+            ab = latency_ab_task(registry, result.model, Path(o.engine_dir), config.profile, settings,
+                                 layout_key=o.key) if config.latency else None
         except Exception as exc:  # noqa: BLE001 (one layout's eval failure does not stop the others)
             o.status, o.reason = "eval-failed", str(exc).splitlines()[0][:300]
             logger.warning("evaluating %s failed: %s", o.key, o.reason)
             continue
-        result.evals_run += int(not evals[o.key].cached)
-        gates[o.key] = gate_task(evals[o.key].metrics, config.gates, production, config.latency, layout_key=o.key)
+        result.evals_run += int(not evaluated.cached)
+        evals[o.key] = steps.with_ab(evaluated, ab)
+        gates[o.key] = gate_task(evaluated.metrics, config.gates, production, config.latency, ab, layout_key=o.key)
         o.gate = "passed" if gates[o.key].passed else "failed"
     create_markdown_artifact(key=f"{slug}-evals", markdown=_eval_markdown(config.repo, sha, evals, gates),
                              description=f"Evals and gates of {config.repo}@{sha[:12]}")
