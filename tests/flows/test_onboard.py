@@ -94,6 +94,31 @@ def test_registering_a_build_twice_makes_one_version(ov_int8_engine):
     assert steps.production_metrics(registry, name) is None
 
 
+def test_latency_ab_only_against_a_production_of_another_build(ov_int8_engine):
+    """No production (a first onboarding) or production being this very build: no A/B, and the
+    latency gate then has nothing that can flip with the machine's load."""
+    from registry.client import Registry
+
+    settings = load_settings()
+    registry = Registry(settings)
+    name = steps.read_build(ov_int8_engine)["name"]
+    first = steps.latency_ab(registry, name, ov_int8_engine, "quick", settings)
+    assert first.report is None and "no production version yet" in first.note
+    name, version, _ = steps.register(registry, ov_int8_engine, run_id=None, gate_passed=True,
+                                      metrics={"single_decode_tok_s": 99.0}, tags={})
+    registry.promote(name, version)
+    same = steps.latency_ab(registry, name, ov_int8_engine, "quick", settings)
+    assert same.report is None and same.production_version == version and "is production" in same.note
+    evaluated = steps.EvalResult(build_id="b" * 64, profile="quick", metrics={"single_decode_tok_s": 1.0},
+                                 report_md="## Quality")
+    merged = steps.with_ab(evaluated, same)
+    assert merged.metrics == evaluated.metrics and "No side-by-side comparison" in merged.report_md
+    # production's stored latency (99 tok/s) decides nothing against this run's (1 tok/s)
+    outcome = steps.gate(merged.metrics, None, steps.production_metrics(registry, name), latency=True, ab=same)
+    assert not any(r["kind"] in ("regression", "ratio") for r in outcome.rows)
+    assert "single_decode_tok_s" not in outcome.failed
+
+
 def test_only_transient_errors_are_retried():
     from prefect.states import Failed
 
