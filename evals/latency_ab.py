@@ -73,6 +73,7 @@ class Endpoint:
     url: str
     model: str
     api_key: str | None = None
+    pid: int | None = None  # the server process (its own process group), when serve_pair started it
 
 
 class SideRound(BaseModel):
@@ -318,7 +319,7 @@ def serve_pair(candidate_dir: Path, production_dir: Path, *, name: str = "model"
             except ServerStartError as exc:
                 raise BenchError(f"the {side} server for {Path(engine_dir).name} could not start: {exc.what}",
                                  "try `onramp serve --engine NAME=DIR` by hand to see why") from None
-            eps[side] = Endpoint(url=server.url, model=name, api_key=key)
+            eps[side] = Endpoint(url=server.url, model=name, api_key=key, pid=server.proc.pid)
         yield eps["candidate"], eps["production"]
 
 
