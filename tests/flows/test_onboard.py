@@ -119,6 +119,45 @@ def test_latency_ab_only_against_a_production_of_another_build(ov_int8_engine):
     assert "single_decode_tok_s" not in outcome.failed
 
 
+@pytest.mark.slow
+def test_same_weights_new_revision_pass_the_latency_ab_with_a_cpu_hog(ov_int8_engine, tmp_path):
+    """The demo's second revision in small: identical weights under a new build id against
+    production, served side by side with a busy process beside them: the gate passes."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from registry.client import Registry
+
+    settings = load_settings()
+    registry = Registry(settings)
+    name, version, _ = steps.register(registry, ov_int8_engine, run_id=None, gate_passed=True, metrics={}, tags={})
+    registry.promote(name, version)
+    candidate = tmp_path / "new-revision"
+    candidate.mkdir()
+    for src in ov_int8_engine.iterdir():
+        if src.is_file() and src.name != "manifest.json":
+            os.link(src, candidate / src.name)
+    manifest = json.loads((ov_int8_engine / "manifest.json").read_text())
+    manifest["build_id"] = "f" * len(manifest["build_id"])
+    (candidate / "manifest.json").write_text(json.dumps(manifest))
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        ab = steps.latency_ab(registry, name, candidate, "quick", settings)
+    finally:
+        hog.kill()
+        hog.wait(timeout=30)
+    assert ab.report is not None and ab.production_version == version, ab.note
+    outcome = steps.gate({}, None, None, latency=False, ab=ab)  # (quality not measured here)
+    ratios = [r for r in outcome.rows if r["kind"] == "ratio"]
+    assert len(ratios) == 3 and all(r["result"] == "pass" for r in ratios), outcome.summary + ab.markdown()
+    merged = steps.with_ab(steps.EvalResult(build_id="f" * 64, profile="quick", metrics={}), ab)
+    assert {"ab_output_tok_s_ratio", "ab_production_output_tok_s", "ab_candidate_output_tok_s"} <= set(merged.metrics)
+    again = steps.latency_ab(registry, name, candidate, "quick", settings)
+    assert again.cached and again.report == ab.report  # the pair is measured once
+
+
 def test_only_transient_errors_are_retried():
     from prefect.states import Failed
 
