@@ -44,7 +44,8 @@ class OnboardConfig(BaseModel):
                                                     "default: int8 on CPUs, the checkpoint's dtype on GPUs.")
     profile: str = Field("quick", description="Eval profile (evals/profiles.yaml): quick or full.")
     gates: str | None = Field(None, description="Gates YAML file; default: evals/gates.yaml.")
-    latency: bool = Field(True, description="Measure latency (Poisson load) besides quality.")
+    latency: bool = Field(True, description="Measure latency besides quality: a Poisson sweep (reported) and, "
+                                            "when there is a production version, an A/B against it (gated).")
     approve: bool = Field(False, description="Wait for a human approval (in the Prefect UI) before promotion.")
     approval_timeout_s: int = Field(3600, ge=1)
     promote: bool = Field(True, description="Promote a build that passed its gates to production.")
