@@ -120,7 +120,7 @@ def test_latency_ab_only_against_a_production_of_another_build(ov_int8_engine):
 
 
 @pytest.mark.slow
-def test_same_weights_new_revision_pass_the_latency_ab_with_a_cpu_hog(ov_int8_engine, tmp_path):
+def test_same_weights_new_revision_pass_the_latency_ab_with_a_cpu_hog(ov_int8_engine, tmp_path, monkeypatch):
     """The demo's second revision in small: identical weights under a new build id against
     production, served side by side with a busy process beside them: the gate passes."""
     import json
@@ -128,7 +128,12 @@ def test_same_weights_new_revision_pass_the_latency_ab_with_a_cpu_hog(ov_int8_en
     import subprocess
     import sys
 
+    from evals import latency_ab
     from registry.client import Registry
+
+    # a lighter load than the quick profile's (8 rounds) to keep the test short on a busy machine
+    monkeypatch.setitem(latency_ab.AB_LOAD, "quick", latency_ab.ABLoad(
+        rounds=3, single_requests=1, concurrency=2, input_tokens=64, output_tokens=12, warmup_requests=1))
 
     settings = load_settings()
     registry = Registry(settings)
