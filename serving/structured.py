@@ -16,9 +16,23 @@ from typing import Any
 from serving.engine import Constraint
 from serving.errors import RequestError
 
-__all__ = ["response_format_constraint"]
+__all__ = ["JSON_OBJECT_GRAMMAR", "check_schema", "response_format_constraint"]
 
 _PARAM = "response_format"
+
+# json_object: one JSON object on one line, single spaces only (as xgrammar's any_whitespace=False).
+# With free whitespace a small model at temperature 1 indents, nests and drifts until max_tokens
+# (SmolLM2-135M: 5 of 20 seeded runs cut off at 200 tokens); on one line 20 of 20 ended.
+JSON_OBJECT_GRAMMAR = r'''root ::= object
+value ::= object | array | string | number | "true" | "false" | "null"
+object ::= "{" ws ( member ( "," ws member )* )? ws "}"
+member ::= string ws ":" ws value
+array ::= "[" ws ( value ( "," ws value )* )? ws "]"
+string ::= "\"" ( [^"\\\x00-\x1f] | "\\" ( ["\\/bfnrt] | "u" hex hex hex hex ) )* "\""
+hex ::= [0-9a-fA-F]
+number ::= "-"? ( "0" | [1-9] [0-9]* ) ( "." [0-9]+ )? ( [eE] [-+]? [0-9]+ )?
+ws ::= [ ]?
+'''
 
 
 def response_format_constraint(response_format: Any) -> Constraint | None:
@@ -47,3 +61,17 @@ def response_format_constraint(response_format: Any) -> Constraint | None:
         return Constraint(kind="json_schema", value=json.dumps(schema, separators=(",", ":")))
     raise RequestError(f"response_format type {kind!r} is not supported: use 'text', 'json_object' or "
                        "'json_schema'", param=f"{_PARAM}.type", code="invalid_value")
+
+
+def check_schema(constraint: Constraint) -> None:
+    """400 (naming the constraint's parameter) when its JSON schema is not a valid JSON Schema.
+    Checked before the engine sees it: a grammar that fails to compile mid-batch costs a step."""
+    import jsonschema
+
+    schema = json.loads(constraint.value)
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as err:
+        where = "/".join(str(p) for p in err.absolute_path) or "(root)"
+        raise RequestError(f"the JSON schema in {constraint.param} is not valid at {where}: {err.message}",
+                           param=constraint.param, code="invalid_schema") from None

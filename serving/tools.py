@@ -94,12 +94,13 @@ def _call_schema(tool: dict) -> dict:
             "required": ["name", "arguments"], "additionalProperties": False}
 
 
-def tool_constraint(tools: list[dict], mode: str | None) -> Constraint | None:
-    """The constraint for a tool mode (see :func:`parse_tools`)."""
+def tool_constraint(tools: list[dict], mode: str | None, *, parallel: bool = True) -> Constraint | None:
+    """The constraint for a tool mode (see :func:`parse_tools`). With "auto" and ``parallel``
+    False, the constraint's ``value`` is "single": at most one call block is constrained."""
     if mode is None or not tools:
         return None
     if mode == "auto":
-        return Constraint(kind="tool_tags", param="tools", tools=tuple(
+        return Constraint(kind="tool_tags", param="tools", value="" if parallel else "single", tools=tuple(
             (t["function"]["name"], json.dumps(_parameters(t), separators=(",", ":"))) for t in tools))
     chosen = tools if mode == "required" else [t for t in tools if t["function"]["name"] == mode]
     schema = _call_schema(chosen[0]) if len(chosen) == 1 else {"anyOf": [_call_schema(t) for t in chosen]}

@@ -78,7 +78,9 @@ def structured_output_config(ov_genai: Any, constraint: Constraint) -> Any:
     """The ``openvino_genai.StructuredOutputConfig`` (xgrammar underneath) for a constraint."""
     S = ov_genai.StructuredOutputConfig
     if constraint.kind == "json_object":
-        return S(json_schema='{"type": "object"}')
+        from serving.structured import JSON_OBJECT_GRAMMAR
+
+        return S(grammar=JSON_OBJECT_GRAMMAR)
     if constraint.kind == "json_schema":
         return S(json_schema=constraint.value)
     if constraint.kind == "regex":
@@ -90,7 +92,8 @@ def structured_output_config(ov_genai: Any, constraint: Constraint) -> Any:
 
         tags = [S.Tag(f'{START}\n{{"name": {json.dumps(name)}, "arguments": ', S.JSONSchema(schema), f"}}\n{END}")
                 for name, schema in constraint.tools]
-        return S(structural_tags_config=S.TriggeredTags(triggers=[START], tags=tags))
+        return S(structural_tags_config=S.TriggeredTags(triggers=[START], tags=tags,
+                                                        stop_after_first=constraint.value == "single"))
     raise RequestError(f"constraint kind {constraint.kind!r} is not supported by the OpenVINO backend",
                        param=constraint.param)
 
