@@ -66,6 +66,7 @@ class SamplingParams:
     constraint: Constraint | None = None  # structured outputs / forced tool calls
     n: int = 1  # choices per request; each Delta says which (``index``)
     top_logprobs: int = 0  # alternatives per output token (needs ``logprobs``)
+    prompt_logprobs: int | None = None  # not None: the prompt tokens' logprobs (and this many alternatives)
 
 
 @dataclass(frozen=True)
@@ -86,13 +87,15 @@ class GenerationRequest:
     messages: list[ChatMessage] | None = None
     prompt: str | None = None
     tools: list[dict] | None = None  # OpenAI tool definitions, shown to the model by its chat template
+    prompt_ids: list[int] | None = None  # a prompt given as token ids (lm-eval's tokenized requests)
 
 
 @dataclass(frozen=True)
 class TokenLogprob:
     token: str
-    logprob: float
+    logprob: float | None  # None: the first prompt token (nothing before it)
     top: tuple[tuple[str, float], ...] = ()  # the most likely alternatives, best first (top_logprobs)
+    id: int = -1  # the token id, where the backend knows it
 
 
 @dataclass
@@ -109,6 +112,7 @@ class Delta:
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None
     index: int = 0  # which choice (0..n-1); counts are that choice's own
+    prompt_logprobs: list[TokenLogprob] | None = None  # first delta of a choice: the prompt's (first: logprob None)
 
 
 @runtime_checkable

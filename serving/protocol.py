@@ -107,7 +107,7 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]  # token ids: lm-eval's tokenized requests
     max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for /v1/completions
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
@@ -116,6 +116,8 @@ class CompletionRequest(_SamplingFields):
     @field_validator("prompt")
     @classmethod
     def _one_prompt(cls, v):
+        if isinstance(v, list) and v and all(isinstance(t, int) for t in v):
+            return v  # one prompt as token ids
         if isinstance(v, list):
             if len(v) != 1:
                 raise ValueError("send one prompt per request (a list of exactly one string is accepted)")

@@ -274,15 +274,19 @@ class OpenAIService:
         request_id = f"cmpl-{uuid.uuid4().hex}"
         self._log_request("completion", req, request_id)
         prompt = req.prompt
+        ids = prompt if isinstance(prompt, list) else None
         if self.log_prompts:
             log.info("completion %s prompt: %r", request_id, prompt)
         want_lp = req.logprobs is not None
         sampling = self._sampling(req, req.max_tokens, want_lp)
         sampling.top_logprobs = req.logprobs or 0
-        gen = GenerationRequest(request_id=request_id, prompt=prompt, sampling=sampling)
+        if req.echo and want_lp and not req.stream:
+            sampling.prompt_logprobs = req.logprobs
+        gen = GenerationRequest(request_id=request_id, prompt=None if ids else prompt, prompt_ids=ids,
+                                sampling=sampling)
         run = await self._start(req.model, endpoint, gen)
         created = int(time.time())
-        echo = prompt if req.echo else ""
+        echo = "" if not req.echo else prompt if ids is None else ""
         if not req.stream:
             tally = Tally()
             parts: list[list[str]] = [[echo] for _ in range(req.n)]
@@ -290,6 +294,10 @@ class OpenAIService:
             finish: list[str | None] = [None] * req.n
             async for d in self._deltas(run):
                 tally.add(d)
+                if d.prompt_logprobs is not None:  # echo: the prompt's tokens come first
+                    lps[d.index][:0] = d.prompt_logprobs
+                    if ids is not None:
+                        parts[d.index].insert(0, "".join(t.token for t in d.prompt_logprobs))
                 parts[d.index].append(d.text)
                 lps[d.index].extend(d.logprobs or ())
                 if d.finish_reason is not None:
@@ -298,13 +306,16 @@ class OpenAIService:
             for i in range(req.n):
                 logprobs = None
                 if want_lp:
-                    offsets, pos = [], len(echo)
+                    offsets, pos = [], 0 if lps[i] and lps[i][0].logprob is None else len(echo)
+                    tokens, token_lps, tops = [], [], []
                     for t in lps[i]:
                         offsets.append(pos)
+                        tokens.append(t.token)
+                        token_lps.append(t.logprob)
+                        tops.append(dict(t.top) if t.logprob is not None else None)  # the first prompt token
                         pos += len(t.token)
-                    logprobs = {"tokens": [t.token for t in lps[i]], "token_logprobs": [t.logprob for t in lps[i]],
-                                "top_logprobs": [dict(t.top) for t in lps[i]] if req.logprobs else None,
-                                "text_offset": offsets}
+                    logprobs = {"tokens": tokens, "token_logprobs": token_lps,
+                                "top_logprobs": tops if req.logprobs else None, "text_offset": offsets}
                 choices.append({"text": "".join(parts[i]), "index": i, "logprobs": logprobs,
                                 "finish_reason": finish[i]})
             return {"id": request_id, "object": "text_completion", "created": created, "model": run.model,
@@ -343,3 +354,4 @@ class OpenAIService:
             yield _sse({"error": {"message": f"generation failed: {err}", "type": "server_error",
                                   "param": None, "code": None}})
         yield _DONE
+

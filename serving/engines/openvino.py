@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator
 from serving.detok import IncrementalDetokenizer
 from serving.engine import Constraint, Delta, EngineInfo, GenerationRequest, SamplingParams, TokenLogprob
 from serving.errors import BackendUnavailable, ContextLengthError, EngineLoadError, RequestError
+from serving.scoring import Scorer, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ _INLINE_PREPARE_CHARS = 4000
 
 
 def _prompt_chars(request: GenerationRequest) -> int:
+    if request.prompt_ids is not None:
+        return 0
     if request.messages is None:
         return len(request.prompt or "")
     return sum(len(m.content) for m in request.messages)
@@ -183,6 +186,7 @@ class OpenVINOEngine:
             from tokenizers import Tokenizer
 
             self._hf_tokenizer = Tokenizer.from_file(str(self.engine_dir / "tokenizer.json"))
+        self._scorer = Scorer(self.engine_dir, self.properties, device)  # compiled on first use
         self._info = EngineInfo(name=name, backend=self.backend, version=version, max_context=int(max_context),
                                 max_concurrent=int(max_num_seqs), engine_dir=str(self.engine_dir),
                                 backend_version=backend_version or getattr(ov_genai, "__version__", ""))
@@ -253,17 +257,33 @@ class OpenVINOEngine:
                                f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}",
                                param="messages", code="invalid_messages") from None
 
+    def _vocab_size(self) -> int:
+        if self._hf_tokenizer is not None:
+            return self._hf_tokenizer.get_vocab_size(with_added_tokens=True)
+        return 1 << 31
+
+    async def _prompt_logprobs(self, ids: list[int], k: int) -> list[TokenLogprob]:
+        scored = await asyncio.to_thread(self._scorer.prompt_logprobs, ids, max(k, 1))
+        out = [TokenLogprob(token=self._decode([ids[0]]), logprob=None, id=ids[0])]
+        for tok, item in zip(ids[1:], scored[1:], strict=True):
+            lp, top = item
+            out.append(TokenLogprob(token=self._decode([tok]), logprob=lp, id=tok,
+                                    top=tuple((self._decode([i]), v) for i, v in top[:k])))
+        return out
+
     def count_tokens(self, text: str) -> int:
         return len(self._encode(text))
 
     def _prepare(self, request: GenerationRequest) -> tuple[list[int], int]:
-        if request.messages is not None:
-            text = self.render_chat(request.messages, request.tools)
-            param = "messages"
+        if request.prompt_ids is not None:
+            ids, param = list(request.prompt_ids), "prompt"
+            vocab = self._vocab_size()
+            if any(not 0 <= i < vocab for i in ids):
+                raise RequestError(f"the prompt's token ids must be in [0, {vocab})", param="prompt")
+        elif request.messages is not None:
+            ids, param = self._encode(self.render_chat(request.messages, request.tools)), "messages"
         else:
-            text = request.prompt or ""
-            param = "prompt"
-        ids = self._encode(text)
+            ids, param = self._encode(request.prompt or ""), "prompt"
         if not ids:
             raise RequestError(f"the {param} is empty", param=param)
         limit = self._info.max_context
@@ -305,6 +325,12 @@ class OpenVINOEngine:
             config.validate()
         except Exception as exc:  # OpenVINO's own parameter checks
             raise RequestError(f"invalid sampling parameters: {str(exc).strip().splitlines()[-1]}") from None
+        prompt_lps = None
+        if request.sampling.prompt_logprobs is not None:
+            prompt_lps = await self._prompt_logprobs(ids, request.sampling.prompt_logprobs)
+        k = request.sampling.top_logprobs if request.sampling.logprobs else 0
+        trackers: dict[int, Tracker] = {}
+        prompt_given: set[int] = set()
         loop = asyncio.get_running_loop()
         n = max(1, request.sampling.n)
         sequences = n if request.sampling.temperature > 0 else 1
@@ -332,6 +358,15 @@ class OpenVINOEngine:
                         held = nxt
                         break
                     item = _merge(item, nxt)
+                if k and item.logprobs:
+                    if item.index not in trackers:
+                        trackers[item.index] = Tracker(self._scorer, ids, k, self._decode)
+                    scored = await asyncio.to_thread(trackers[item.index].add, [t.id for t in item.logprobs])
+                    item.logprobs = [TokenLogprob(token=t.token, logprob=lp, top=top, id=t.id)
+                                     for t, (lp, top) in zip(item.logprobs, scored, strict=True)]
+                if prompt_lps is not None and item.index not in prompt_given:
+                    item.prompt_logprobs = prompt_lps
+                    prompt_given.add(item.index)
                 yield item
                 if item.finish_reason is not None:
                     pending -= 1
@@ -506,7 +541,7 @@ class OpenVINOEngine:
                     text += choice.detok.flush()
                 logprobs = None
                 if req.logprobs:
-                    logprobs = [TokenLogprob(token=self._decode([t]), logprob=float(lp))
+                    logprobs = [TokenLogprob(token=self._decode([t]), logprob=float(lp), id=t)
                                 for t, lp in zip(new_ids, lps, strict=False)]
                 if finish is not None:
                     choice.done = True

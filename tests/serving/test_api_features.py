@@ -4,6 +4,7 @@ OpenVINO engine: structured outputs, tool calls, n choices, top logprobs."""
 from __future__ import annotations
 
 import json
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -178,3 +179,65 @@ def test_n_choices(server):
     with pytest.raises(BadRequestError) as err:
         client.chat.completions.create(model=LAUNCH_MODEL, messages=WEATHER_Q, n=100, max_tokens=2)
     assert err.value.body["param"] == "n"
+
+
+def test_top_logprobs_alternatives(server):
+    client = client_for(server)
+    resp = client.chat.completions.create(model=LAUNCH_MODEL, messages=WEATHER_Q, temperature=0, max_tokens=8,
+                                          logprobs=True, top_logprobs=5)
+    content = resp.choices[0].logprobs.content
+    assert len(content) == resp.usage.completion_tokens
+    for entry in content:
+        assert len(entry.top_logprobs) == 5
+        assert sum(math.exp(t.logprob) for t in entry.top_logprobs) <= 1 + 1e-6
+        lps = [t.logprob for t in entry.top_logprobs]
+        assert lps == sorted(lps, reverse=True)
+        assert entry.top_logprobs[0].token == entry.token  # greedy: the sampled token is the most likely
+        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob)
+    assert "".join(e.token for e in content) == resp.choices[0].message.content
+    with pytest.raises(BadRequestError) as err:
+        client.chat.completions.create(model=LAUNCH_MODEL, messages=WEATHER_Q, max_tokens=2, logprobs=True,
+                                       top_logprobs=21)
+    assert err.value.body["param"] == "top_logprobs"
+
+
+def test_echo_gives_prompt_logprobs(server, ov_int8_engine):
+    from tokenizers import Tokenizer
+
+    client = client_for(server)
+    prompt = "The capital of France is Paris"
+    comp = client.completions.create(model=LAUNCH_MODEL, prompt=prompt, max_tokens=1, temperature=0, echo=True,
+                                     logprobs=1)
+    lp = comp.choices[0].logprobs
+    n_prompt = comp.usage.prompt_tokens
+    assert len(lp.tokens) == n_prompt + 1 and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert all(v < 0 for v in lp.token_logprobs[1:])
+    assert comp.choices[0].text.startswith(prompt)
+    assert "".join(lp.tokens[:n_prompt]) == prompt
+    # as lm-eval sends it: the prompt as token ids; the same numbers come back
+    ids = Tokenizer.from_file(str(ov_int8_engine / "tokenizer.json")).encode(prompt, add_special_tokens=False).ids
+    by_ids = client.completions.create(model=LAUNCH_MODEL, prompt=ids, max_tokens=1, temperature=0, echo=True,
+                                       logprobs=1)
+    assert by_ids.choices[0].logprobs.token_logprobs[1:n_prompt] == pytest.approx(lp.token_logprobs[1:n_prompt],
+                                                                                 abs=1e-4)
+
+
+def test_lm_eval_local_completions_perplexity_matches_in_process(server, ov_int8_engine, tmp_path, monkeypatch):
+    from builders.ov_runtime import load_properties
+    from evals.config import PERPLEXITY_TASK, load_profile, resolve_tasks
+    from evals.quality import run_lm_eval
+
+    monkeypatch.setenv("OPENAI_API_KEY", server.key)  # lm-eval's local-completions sends it as the bearer key
+    profile = load_profile("quick")
+    tasks_dir = resolve_tasks(tmp_path / "tasks", profile)
+    endpoint = run_lm_eval("local-completions", {
+        "base_url": f"{server.url}/v1/completions", "model": LAUNCH_MODEL,
+        "tokenizer": str(ov_int8_engine), "tokenizer_backend": "huggingface", "max_length": 1024,
+        "max_retries": 1}, profile, tasks_dir, tasks=(PERPLEXITY_TASK,))
+    ov_config = tmp_path / "ov_config.json"
+    ov_config.write_text(json.dumps(load_properties(ov_int8_engine)))
+    in_process = run_lm_eval("openvino", {"pretrained": str(ov_int8_engine), "ov_config": str(ov_config)}, profile,
+                             tasks_dir, tasks=(PERPLEXITY_TASK,))
+    print(f"word perplexity: endpoint {endpoint.word_perplexity:.4f}, in-process {in_process.word_perplexity:.4f}")
+    assert endpoint.perplexity_docs == in_process.perplexity_docs > 0
+    assert endpoint.word_perplexity == pytest.approx(in_process.word_perplexity, rel=0.02)
