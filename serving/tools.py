@@ -181,7 +181,9 @@ class ToolPiece:
     arguments: str | None = None
 
 
-_HEADER = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*', re.S)
+# the call object up to its arguments (matched once the arguments have begun, so the split of a
+# streamed text never changes where they start)
+_HEADER = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*(?=\S)', re.S)
 
 
 def _partial_suffix(text: str, tag: str) -> int:
