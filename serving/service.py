@@ -23,6 +23,7 @@ from serving.protocol import ChatCompletionRequest, CompletionRequest, ignored_f
 from serving.slots import Lease, Slots
 from serving.structured import response_format_constraint
 from serving.tools import ToolCallParser, parse_tools, tool_constraint
+from serving.usage import UsageMeter, current_key
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class _Run:
     model: str
     endpoint: str
     t0: float
+    key: str | None = None  # the API key name the usage is billed to
 
 
 DEFAULT_MAX_N = 8
@@ -58,12 +60,14 @@ DEFAULT_MAX_N = 8
 
 class OpenAIService:
     def __init__(self, slots: Slots, metrics: Metrics, *, log_prompts: bool = False,
-                 default_max_tokens: int | None = None, max_n: int = DEFAULT_MAX_N):
+                 default_max_tokens: int | None = None, max_n: int = DEFAULT_MAX_N,
+                 usage: UsageMeter | None = None):
         self.slots = slots
         self.metrics = metrics
         self.log_prompts = log_prompts
         self.default_max_tokens = default_max_tokens
         self.max_n = max_n
+        self.usage = usage
 
     # ------------------------------------------------------------------ admission
     def _sampling(self, req, max_tokens: int | None, logprobs: bool) -> SamplingParams:
@@ -84,6 +88,7 @@ class OpenAIService:
 
     async def _start(self, model: str, endpoint: str, request: GenerationRequest) -> _Run:
         t0 = time.perf_counter()
+        key = self.usage.admit(current_key.get()) if self.usage is not None else None  # 429 over its limits
         lease = self.slots.acquire(model)
         m = self.metrics
         m.queue_depth.labels(model).inc()
@@ -99,7 +104,7 @@ class OpenAIService:
         m.running.labels(model).inc()
         m.ttft.labels(model).observe(time.perf_counter() - t0)
         m.requests.labels(model, endpoint, "200").inc()
-        return _Run(lease=lease, stream=stream, first=first, model=model, endpoint=endpoint, t0=t0)
+        return _Run(lease=lease, stream=stream, first=first, model=model, endpoint=endpoint, t0=t0, key=key)
 
     async def _deltas(self, run: _Run) -> AsyncIterator[Delta]:
         """Every delta of a run; releases the lease and records metrics however it ends."""
@@ -125,6 +130,8 @@ class OpenAIService:
             m.running.labels(run.model).dec()
             m.prompt_tokens.labels(run.model).inc(tally.prompt_tokens)
             m.completion_tokens.labels(run.model).inc(tally.completion_tokens)
+            if self.usage is not None and run.key is not None:
+                self.usage.record(run.key, tally.prompt_tokens, tally.completion_tokens)
 
     # ------------------------------------------------------------------ chat
     @staticmethod
