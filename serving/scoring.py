@@ -80,11 +80,12 @@ class Scorer:
         the ``k`` most likely tokens there)."""
         request = self.request()
         request.reset_state()
-        lp = log_softmax(self.forward(request, ids, 0))
+        logits = self.forward(request, ids, 0)
         out: list[tuple[float, list[tuple[int, float]]] | None] = [None]
-        for pos in range(1, len(ids)):
-            row = lp[pos - 1]
-            out.append((float(row[ids[pos]]), top_k(row, k)))
+        for start in range(0, len(ids) - 1, 256):  # rows in chunks: a float64 copy of all would be large
+            lp = log_softmax(logits[start:min(start + 256, len(ids) - 1)])
+            for offset, row in enumerate(lp):
+                out.append((float(row[ids[start + offset + 1]]), top_k(row, k)))
         return out
 
 

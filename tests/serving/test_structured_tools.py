@@ -196,3 +196,13 @@ def test_trtllm_parameters():
                                   {4: -0.1, 9: -2.0}], str, 2)
     assert lps[0].logprob == -0.5 and lps[0].top == (("7", -0.5), ("3", -1.5))
     assert lps[1].logprob == -2.0 and lps[1].top[0] == ("4", -0.1)
+
+
+def test_scoring_helpers():
+    import numpy as np
+
+    from serving.scoring import log_softmax, top_k
+
+    lp = log_softmax(np.array([[1.0, 3.0, 2.0, 0.5]]))[0]
+    assert np.exp(lp).sum() == pytest.approx(1.0)
+    assert [i for i, _ in top_k(lp, 3)] == [1, 2, 0] and top_k(lp, 0) == []
