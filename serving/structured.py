@@ -59,7 +59,7 @@ def response_format_constraint(response_format: Any) -> Constraint | None:
         if not schema:  # OpenAI: an empty schema allows any JSON
             return Constraint(kind="json_object")
         return Constraint(kind="json_schema", value=json.dumps(schema, separators=(",", ":")))
-    raise RequestError(f"response_format type {kind!r} is not supported: use 'text', 'json_object' or "
+    raise RequestError(f"response_format.type {kind!r} is not supported: use 'text', 'json_object' or "
                        "'json_schema'", param=f"{_PARAM}.type", code="invalid_value")
 
 
