@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from onramp.files import write_text_atomic
 from onramp.settings import Settings
 
 UP_STATE = "up.json"  # written by ``onramp up``: the URLs of the running services
@@ -67,8 +68,6 @@ def configure_prefect(settings: Settings, *, use_running_server: bool = True) ->
 
 
 def write_up_state(settings: Settings, state: dict) -> Path:
-    path = settings.home / UP_STATE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write up.json (it holds the admin API key and Prefect's auth string): created 0600, then
+    renamed into place, so it is never readable by others, not even for an instant."""
+    return write_text_atomic(settings.home / UP_STATE, json.dumps(state, indent=2) + "\n", mode=0o600)

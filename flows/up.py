@@ -214,8 +214,7 @@ class Up:
             "api": self.api_url, "api_key": self.api_key, "logs": str(self.logs),
             "pids": {c.name: c.proc.pid for c in self.children if c.proc}, "started": time.time(),
         }
-        path = write_up_state(self.settings, state)
-        path.chmod(0o600)
+        write_up_state(self.settings, state)
         self.say(f"all services up in {time.monotonic() - started:.0f} s")
         return state
 

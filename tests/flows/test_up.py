@@ -29,6 +29,25 @@ def test_settings_env_round_trips(monkeypatch):
     assert load_settings() == settings
 
 
+def test_up_json_is_created_private(monkeypatch):
+    import os
+
+    from flows.prefect_env import UP_STATE, write_up_state
+
+    settings = load_settings()
+    old = os.umask(0o022)  # the usual umask: plain files would be world-readable
+    try:
+        path = settings.home / UP_STATE
+        path.write_text("{}")  # an older, world-readable up.json is replaced by a private one
+        assert path.stat().st_mode & 0o077
+        write_up_state(settings, {"api_key": "secret"})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert json.loads(path.read_text()) == {"api_key": "secret"}
+    assert [p.name for p in settings.home.iterdir()] == [UP_STATE]  # no temp file left
+
+
 def test_busy_port_is_refused_with_the_flag_to_use(monkeypatch):
     import socket
 
