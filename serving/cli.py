@@ -39,7 +39,8 @@ def serve(
         None, "--default-max-tokens", help="Cap for requests that set no max_tokens (default: the context left)."),
     cache_size_gb: int = typer.Option(1, "--cache-size-gb", help="OpenVINO KV cache per engine, GB."),
     registry: bool = typer.Option(False, "--registry",
-                                  help="Also serve each registered model's 'production' alias and swap when it moves."),
+                                  help="Also serve each registered model's 'production' alias (as ORG--NAME, and "
+                                       "as NAME where no other registered model has that NAME); swap when it moves."),
     log_prompts: bool = typer.Option(False, "--log-prompts", help="Log prompt text (off by default)."),
 ) -> None:
     """Serve engines behind the OpenAI- and pplx-compatible API."""
@@ -83,6 +84,7 @@ def _registry_hooks(settings):
 
     try:
         from registry.client import Registry
+        from registry.names import short_aliases
         from registry.watch import AliasWatcher
     except ModuleNotFoundError as exc:
         raise ServingError(f"--registry needs registry.watch ({exc.name} is missing)",
@@ -96,7 +98,10 @@ def _registry_hooks(settings):
         async def on_change(name: str, version: str, engine_dir: Path) -> None:
             await slots.swap(name, engine_dir, version=version)
 
-        watcher = AliasWatcher(reg, alias="production", on_change=on_change)
+        def on_names(names: list[str]) -> None:  # short names, where no two registered models share one
+            slots.set_aliases(short_aliases(names))
+
+        watcher = AliasWatcher(reg, alias="production", on_change=on_change, on_names=on_names)
         state["watcher"] = watcher
         await watcher.start()
 
