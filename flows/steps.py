@@ -74,7 +74,8 @@ def pull(repo: str, revision: str, settings: Settings) -> tuple[Path, str]:
     """A pinned snapshot of ``repo@revision`` (safetensors only): ``(checkpoint_dir, sha)``."""
     from onramp.hub import pull as hub_pull
 
-    return hub_pull(repo, revision, endpoint=settings.hf_endpoint, cache_dir=settings.cache_dir / "hub")
+    return hub_pull(repo, revision, endpoint=settings.hf_endpoint, cache_dir=settings.cache_dir / "hub",
+                    settings=settings)
 
 
 # ------------------------------------------------------------------------------ plan
