@@ -46,3 +46,44 @@ def test_mirror_serve_stops_olah(sig, tmp_path, test_cache):
     finally:
         kill_all([proc, *children])
         proc.wait(timeout=30)
+
+
+SERVER_PARENT = """
+import sys, time
+from pathlib import Path
+from onramp.signals import exit_on_signals
+from serving.process import spawn_server
+
+exit_on_signals()
+port, log = sys.argv[1], Path(sys.argv[2])
+server = spawn_server([sys.executable, "-m", "http.server", port, "--bind", "127.0.0.1"],
+                      url=f"http://127.0.0.1:{port}", log=log, what="http.server")
+try:
+    server.wait_ready(path="/", timeout=120)
+    print("ready", flush=True)
+    while True:
+        time.sleep(1)
+finally:
+    server.stop()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_serving_process_user_stops_its_server(sig, tmp_path):
+    """The pattern of benchmarks/serving_bench.py and the flows' latency server: exit_on_signals() +
+    serving.process; the server child (its own session) is stopped when the parent is told to."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_PARENT, str(port), str(tmp_path / "server.log")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children = []
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()[-2000:]
+        children = descendants(proc.pid)
+        assert children
+        proc.send_signal(sig)
+        assert proc.wait(timeout=90) == 128 + sig
+        assert left_running(children) == []
+        assert not port_in_use("127.0.0.1", port)
+    finally:
+        kill_all([proc, *children])
+        proc.wait(timeout=30)
