@@ -18,6 +18,9 @@ from pathlib import Path
 
 
 def main() -> None:
+    from onramp.signals import exit_on_signals
+
+    exit_on_signals()  # SIGTERM stops what the run started (export, latency server) too
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--no-latency", action="store_true")
