@@ -37,6 +37,12 @@ class Profile(BaseModel):
     agreement_prompts: int | None = Field(None, ge=1)
     agreement_k: int = Field(16, ge=1)
     batch_size: int = Field(8, ge=1)
+    kld_corpus_docs: int | None = Field(None, ge=0, description="corpus paragraphs scored for KLD (None: all)")
+    kld_gsm8k: int = Field(10, ge=0, description="GSM8K problems (question + worked answer, chat format) for KLD")
+    kld_max_tokens: int = Field(512, ge=2, description="each KLD sequence is cut to this many tokens")
+    kld_block_tokens: int = Field(64, ge=1, description="bootstrap block: consecutive tokens resampled together")
+    kld_bootstrap: int = Field(1000, ge=10, description="bootstrap resamples for the KLD confidence intervals")
+    kld_seed: int = 0
 
 
 def _read_yaml(path: Path, error=EvalError) -> dict:
