@@ -3,7 +3,8 @@
 Thresholds live in a versioned YAML file (``evals/gates.yaml`` by default). ``apply_gates``
 lists every check with its value, threshold and verdict, and names the failing ones; a gated
 metric that was not measured fails (an unmeasured build is not a good build), unless its
-section is left out with ``sections=``.
+section is left out with ``sections=``. A check marked ``advisory: true`` is judged and shown
+like the others but never fails the gate (small samples: a few prompts or problems).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Threshold(BaseModel):
 
     max: float | None = None
     min: float | None = None
+    advisory: bool = False  # shown with its verdict, never fails the gate
 
     @model_validator(mode="after")
     def _one(self) -> Threshold:
@@ -39,6 +41,7 @@ class RegressionMetric(BaseModel):
 
     better: Literal["higher", "lower"]
     abs_tol: float = Field(0.0, ge=0)
+    advisory: bool = False
 
 
 class Regression(BaseModel):
@@ -68,6 +71,7 @@ class Check(BaseModel):
     threshold: str  # human readable: "<= 1.05", ">= 0.5", "<= 10% worse than 61.9 (production)"
     passed: bool
     note: str = ""
+    advisory: bool = False  # judged and shown, but does not decide the gate
 
 
 class GateResult(BaseModel):
@@ -86,7 +90,7 @@ class GateResult(BaseModel):
                  "", "| metric | kind | value | threshold | result |", "|---|---|---|---|---|"]
         for c in self.checks:
             value = "not measured" if c.value is None else f"{c.value:.4g}"
-            result = "pass" if c.passed else "**FAIL**"
+            result = "pass" if c.passed else ("miss (advisory)" if c.advisory else "**FAIL**")
             lines.append(f"| {c.metric} | {c.kind} | {value} | {c.threshold} | {result}"
                          f"{' — ' + c.note if c.note else ''} |")
         return "\n".join(lines) + "\n"
@@ -138,11 +142,12 @@ def apply_gates(metrics: dict[str, float], gates: Gates | str | Path | None = No
             text = f"<= {th.max:g}" if th.max is not None else f">= {th.min:g}"
             if value is None:
                 checks.append(Check(metric=name, kind="threshold", section=section, value=None, threshold=text,
-                                    passed=False, note="not measured"))
+                                    passed=False, note="not measured", advisory=th.advisory))
                 continue
             ok = math.isfinite(value) and (value <= th.max if th.max is not None else value >= th.min)
             checks.append(Check(metric=name, kind="threshold", section=section, value=value, threshold=text,
-                                passed=ok, note="" if math.isfinite(value) else "not a finite number"))
+                                passed=ok, note="" if math.isfinite(value) else "not a finite number",
+                                advisory=th.advisory))
     if production:
         pct = gates.regression.max_pct
         for name, rule in gates.regression.metrics.items():
@@ -157,7 +162,8 @@ def apply_gates(metrics: dict[str, float], gates: Gates | str | Path | None = No
                 metric=name, kind="regression", section="regression", value=value,
                 threshold=f"{'>=' if rule.better == 'higher' else '<='} {prod:.4g} {sign} {pct:g}%"
                           f"{f' {sign} {rule.abs_tol:g}' if rule.abs_tol else ''} (production {prod:.4g})",
-                passed=ok))
-    failed = [c.metric if c.kind == "threshold" else f"{c.metric} (regression)" for c in checks if not c.passed]
+                passed=ok, advisory=rule.advisory))
+    failed = [c.metric if c.kind == "threshold" else f"{c.metric} (regression)" for c in checks
+              if not c.passed and not c.advisory]
     return GateResult(gates_version=str(gates.version), gates_source=gates.source, passed=not failed,
                       checks=checks, failed=failed)

@@ -126,7 +126,8 @@ def evaluation_sequences(tokenizer: Any, profile: Profile) -> list[list[int]]:
             seqs.append(list(enc["input_ids"]))
     seqs = [s[: profile.kld_max_tokens] for s in seqs if len(s) >= 2]
     if not seqs:
-        raise EvalError("no evaluation sequences for the KL divergence", "set kld_corpus_docs or kld_gsm8k in the profile")
+        raise EvalError("no evaluation sequences for the KL divergence",
+                        "set kld_corpus_docs or kld_gsm8k in the profile")
     return seqs
 
 

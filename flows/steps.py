@@ -262,7 +262,8 @@ def gate(metrics: dict[str, float], gates: str | None, production: dict[str, flo
     result = apply_gates(metrics, gates, production=production,
                          sections=None if latency else ("quality",))
     rows = [{"metric": c.metric, "kind": c.kind, "value": c.value, "threshold": c.threshold,
-             "result": "pass" if c.passed else "FAIL", "note": c.note} for c in result.checks]
+             "result": "pass" if c.passed else ("miss (advisory)" if c.advisory else "FAIL"), "note": c.note}
+            for c in result.checks]
     return GateOutcome(passed=result.passed, rows=rows, summary=result.to_markdown(),
                        gates_version=str(result.gates_version), failed=list(result.failed))
 
