@@ -187,6 +187,8 @@ def test_new_revision_to_served_endpoint_failing_gate_and_rerun(prefect_server, 
         assert by_target["a100-80gb"].status == "failed" and "unavailable" in by_target["a100-80gb"].reason
         assert registry.alias_version(name, "production") == version
         assert registry.client.get_model_version(name, version).tags["gate"] == "passed"
+        logged = registry.client.get_run(registry.client.get_model_version(name, version).run_id).data.metrics
+        assert {"kld_mean", "kld_p99", "top1_agreement", "kld_mean_ci_high"} <= set(logged), sorted(logged)
         wait_served(api.api_url, api.api_key, name, version, timeout=300)
         answer = chat(api.api_url, api.api_key, name)
         assert "Paris" in answer["choices"][0]["message"]["content"]
@@ -241,5 +243,7 @@ def _assert_artifacts(repo: str) -> None:
     by_key = {a["key"]: a for a in arts}
     assert set(keys) <= set(by_key), sorted(by_key)
     assert by_key[f"{slug}-layouts"]["type"] == "table"
-    assert "gate" in str(by_key[f"{slug}-evals"]["data"])
+    evals_md = str(by_key[f"{slug}-evals"]["data"])
+    assert "gate" in evals_md and "mean KLD" in evals_md and "same top token" in evals_md
+    assert "kld_mean_ci_high" in evals_md and "top1_agreement_ci_low" in evals_md
     assert "data:image/png;base64," in str(by_key[f"{slug}-latency"]["data"])
