@@ -23,11 +23,10 @@ the checkpoint's content hash, the token sequences and the library versions; the
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from evals.config import Profile, corpus_paragraphs, gsm8k_file
 from evals.errors import EvalError
+from onramp.files import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -193,15 +193,9 @@ def reference_hidden(ref: TransformersLogits, sequences: list[list[int]], checkp
             log.warning("ignoring unreadable reference cache %s", path)
     hidden = [ref.hidden(s) for s in sequences]
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, key=np.array(key), lengths=np.array(lengths), hidden=np.concatenate(hidden))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buf = io.BytesIO()
+        np.savez(buf, key=np.array(key), lengths=np.array(lengths), hidden=np.concatenate(hidden))
+        write_bytes_atomic(path, buf.getvalue())
     return hidden, False
 
 
