@@ -148,8 +148,13 @@ def read_build(engine_dir: Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ evaluate
 
+# Bumped when the evals measure something new (2: KL divergence and top-1 agreement), so that a
+# build's cached result from before is measured again rather than judged without the new metrics.
+EVALS_VERSION = 2
+
+
 def eval_cache_path(settings: Settings, build_id: str, profile: str) -> Path:
-    return settings.home / "evals" / build_id / f"{profile}.json"
+    return settings.home / "evals" / build_id / f"{profile}.v{EVALS_VERSION}.json"
 
 
 def load_cached_eval(settings: Settings, build_id: str, profile: str) -> EvalResult | None:
