@@ -68,8 +68,12 @@ def test_eval_cache_roundtrip():
     assert steps.load_cached_eval(settings, "b" * 64, "quick") is None
     result = steps.EvalResult(build_id="b" * 64, profile="quick", metrics={"perplexity_ratio": 1.01},
                               report_md="## Quality", plot="/nonexistent.png", seconds=3.0)
+    legacy = settings.home / "evals" / ("b" * 64) / "quick.json"  # saved by older evals (no KLD)
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text(result.model_dump_json())
+    assert steps.load_cached_eval(settings, "b" * 64, "quick") is None  # measured again, not reused
     path = steps.save_eval(settings, result)
-    assert path == settings.home / "evals" / ("b" * 64) / "quick.json"
+    assert path == settings.home / "evals" / ("b" * 64) / f"quick.v{steps.EVALS_VERSION}.json"
     cached = steps.load_cached_eval(settings, "b" * 64, "quick")
     assert cached.cached and cached.metrics == {"perplexity_ratio": 1.01} and cached.plot is None
     assert steps.load_cached_eval(settings, "b" * 64, "full") is None
