@@ -124,10 +124,16 @@ def resolve_tasks(out_dir: Path, profile: Profile) -> Path:
     return out_dir
 
 
-def config_fingerprint(profile: Profile) -> str:
-    """A hash of everything that decides a quality number apart from the model itself."""
+KLD_FIELDS = frozenset(name for name in Profile.model_fields if name.startswith("kld_"))
+
+
+def config_fingerprint(profile: Profile, *, lm_eval_only: bool = False) -> str:
+    """A hash of everything that decides a quality number apart from the model itself.
+
+    ``lm_eval_only`` leaves out the KL-divergence settings (the key of the cached lm-eval reference
+    results, which they do not change)."""
     digest = hashlib.sha256()
-    digest.update(profile.model_dump_json().encode())
+    digest.update(profile.model_dump_json(exclude=set(KLD_FIELDS) if lm_eval_only else None).encode())
     for path in [*sorted(TASKS_DIR.glob("*.yaml")), CORPUS_FILE]:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())

@@ -283,7 +283,8 @@ def reference_results(reference_dir: Path, profile: Profile, tasks_dir: Path, pr
     import transformers
 
     key = hashlib.sha256(json.dumps([
-        checkpoint_hash or _hash_checkpoint(reference_dir), config_fingerprint(profile), _lm_eval_version(),
+        checkpoint_hash or _hash_checkpoint(reference_dir), config_fingerprint(profile, lm_eval_only=True),
+        _lm_eval_version(),
         transformers.__version__, "float32"]).encode()).hexdigest()[:24]
     cache_file = Path(cache_dir) / "evals" / f"reference-{key}.json" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
