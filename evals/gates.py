@@ -3,7 +3,9 @@
 Thresholds live in a versioned YAML file (``evals/gates.yaml`` by default). ``apply_gates``
 lists every check with its value, threshold and verdict, and names the failing ones; a gated
 metric that was not measured fails (an unmeasured build is not a good build), unless its
-section is left out with ``sections=`` or its threshold is ``report_only``.
+section is left out with ``sections=`` or its threshold is ``report_only``. A check marked
+``advisory: true`` is judged and shown like the others but never fails the gate (small samples:
+a few prompts or problems); ``report_only`` is the same for absolute latency SLOs.
 
 Against production: quality metrics by their stored numbers (``regression``); latency only side
 by side (``latency_ab``: candidate/production ratios from one A/B run, evals.latency_ab), never
@@ -31,7 +33,8 @@ class Threshold(BaseModel):
 
     max: float | None = None
     min: float | None = None
-    report_only: bool = False  # shown with every build, never fails the gate
+    report_only: bool = False  # shown with every build, never fails the gate (absolute latency SLOs)
+    advisory: bool = False  # shown with its verdict, never fails the gate (small samples)
 
     @model_validator(mode="after")
     def _one(self) -> Threshold:
@@ -79,6 +82,7 @@ class RegressionMetric(BaseModel):
 
     better: Literal["higher", "lower"]
     abs_tol: float = Field(0.0, ge=0)
+    advisory: bool = False
 
 
 class Regression(BaseModel):
@@ -120,6 +124,7 @@ class Check(BaseModel):
     passed: bool
     note: str = ""
     gating: bool = True  # False: report only (an absolute latency SLO), never fails the gate
+    advisory: bool = False  # judged and shown, but does not decide the gate
 
 
 class GateResult(BaseModel):
@@ -138,7 +143,8 @@ class GateResult(BaseModel):
                  "", "| metric | kind | value | threshold | result |", "|---|---|---|---|---|"]
         for c in self.checks:
             value = "not measured" if c.value is None else f"{c.value:.4g}"
-            result = "pass" if c.passed else ("**FAIL**" if c.gating else "missed (report only)")
+            result = ("pass" if c.passed else "miss (advisory)" if c.advisory
+                      else "**FAIL**" if c.gating else "missed (report only)")
             lines.append(f"| {c.metric} | {c.kind} | {value} | {c.threshold} | {result}"
                          f"{' — ' + c.note if c.note else ''} |")
         return "\n".join(lines) + "\n"
@@ -193,12 +199,12 @@ def apply_gates(metrics: dict[str, float], gates: Gates | str | Path | None = No
             gating = not th.report_only
             if value is None:
                 checks.append(Check(metric=name, kind="threshold", section=section, value=None, threshold=text,
-                                    passed=False, note="not measured", gating=gating))
+                                    passed=False, note="not measured", gating=gating, advisory=th.advisory))
                 continue
             ok = math.isfinite(value) and (value <= th.max if th.max is not None else value >= th.min)
             checks.append(Check(metric=name, kind="threshold", section=section, value=value, threshold=text,
                                 passed=ok, note="" if math.isfinite(value) else "not a finite number",
-                                gating=gating))
+                                gating=gating, advisory=th.advisory))
     if production:
         pct = gates.regression.max_pct
         for name, rule in gates.regression.metrics.items():
@@ -213,11 +219,11 @@ def apply_gates(metrics: dict[str, float], gates: Gates | str | Path | None = No
                 metric=name, kind="regression", section="regression", value=value,
                 threshold=f"{'>=' if rule.better == 'higher' else '<='} {prod:.4g} {sign} {pct:g}%"
                           f"{f' {sign} {rule.abs_tol:g}' if rule.abs_tol else ''} (production {prod:.4g})",
-                passed=ok))
+                passed=ok, advisory=rule.advisory))
     if ab is not None:
         checks += _ratio_checks(ab, gates.latency_ab)
     failed = [c.metric if c.kind == "threshold" else f"{c.metric} ({c.kind})" for c in checks
-              if not c.passed and c.gating]
+              if not c.passed and c.gating and not c.advisory]
     return GateResult(gates_version=str(gates.version), gates_source=gates.source, passed=not failed,
                       checks=checks, failed=failed)
 

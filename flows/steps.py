@@ -178,8 +178,13 @@ def model_name(manifest: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------ evaluate
 
+# Bumped when the evals measure something new (2: KL divergence and top-1 agreement), so that a
+# build's cached result from before is measured again rather than judged without the new metrics.
+EVALS_VERSION = 2
+
+
 def eval_cache_path(settings: Settings, build_id: str, profile: str) -> Path:
-    return settings.home / "evals" / build_id / f"{profile}.json"
+    return settings.home / "evals" / build_id / f"{profile}.v{EVALS_VERSION}.json"
 
 
 def load_cached_eval(settings: Settings, build_id: str, profile: str) -> EvalResult | None:
@@ -342,7 +347,9 @@ def gate(metrics: dict[str, float], gates: str | None, production: dict[str, flo
                          sections=None if latency else ("quality",),
                          ab=ab.ab_report() if ab is not None else None)
     rows = [{"metric": c.metric, "kind": c.kind, "value": c.value, "threshold": c.threshold,
-             "result": "pass" if c.passed else "FAIL", "note": c.note} for c in result.checks]
+             "result": ("pass" if c.passed else "miss (advisory)" if c.advisory
+                        else "FAIL" if c.gating else "missed (report only)"), "note": c.note}
+            for c in result.checks]
     return GateOutcome(passed=result.passed, rows=rows, summary=result.to_markdown(),
                        gates_version=str(result.gates_version), failed=list(result.failed))
 

@@ -68,8 +68,12 @@ def test_eval_cache_roundtrip():
     assert steps.load_cached_eval(settings, "b" * 64, "quick") is None
     result = steps.EvalResult(build_id="b" * 64, profile="quick", metrics={"perplexity_ratio": 1.01},
                               report_md="## Quality", plot="/nonexistent.png", seconds=3.0)
+    legacy = settings.home / "evals" / ("b" * 64) / "quick.json"  # saved by older evals (no KLD)
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text(result.model_dump_json())
+    assert steps.load_cached_eval(settings, "b" * 64, "quick") is None  # measured again, not reused
     path = steps.save_eval(settings, result)
-    assert path == settings.home / "evals" / ("b" * 64) / "quick.json"
+    assert path == settings.home / "evals" / ("b" * 64) / f"quick.v{steps.EVALS_VERSION}.json"
     cached = steps.load_cached_eval(settings, "b" * 64, "quick")
     assert cached.cached and cached.metrics == {"perplexity_ratio": 1.01} and cached.plot is None
     assert steps.load_cached_eval(settings, "b" * 64, "full") is None
@@ -256,6 +260,8 @@ def test_new_revision_to_served_endpoint_failing_gate_and_rerun(prefect_server, 
         assert by_target["a100-80gb"].status == "failed" and "unavailable" in by_target["a100-80gb"].reason
         assert registry.alias_version(name, "production") == version
         assert registry.client.get_model_version(name, version).tags["gate"] == "passed"
+        logged = registry.client.get_run(registry.client.get_model_version(name, version).run_id).data.metrics
+        assert {"kld_mean", "kld_p99", "top1_agreement", "kld_mean_ci_high"} <= set(logged), sorted(logged)
         wait_served(api.api_url, api.api_key, name, version, timeout=300)
         answer = chat(api.api_url, api.api_key, name)
         assert "Paris" in answer["choices"][0]["message"]["content"]
@@ -310,5 +316,7 @@ def _assert_artifacts(repo: str) -> None:
     by_key = {a["key"]: a for a in arts}
     assert set(keys) <= set(by_key), sorted(by_key)
     assert by_key[f"{slug}-layouts"]["type"] == "table"
-    assert "gate" in str(by_key[f"{slug}-evals"]["data"])
+    evals_md = str(by_key[f"{slug}-evals"]["data"])
+    assert "gate" in evals_md and "mean KLD" in evals_md and "same top token" in evals_md
+    assert "kld_mean_ci_high" in evals_md and "top1_agreement_ci_low" in evals_md
     assert "data:image/png;base64," in str(by_key[f"{slug}-latency"]["data"])
