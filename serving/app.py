@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from serving.auth import ADMIN, USER, KeyStore
 from serving.errors import RequestError
@@ -63,24 +64,96 @@ def error_response(status: int, message: str, *, type: str = "invalid_request_er
 
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a 4096-token context is ~16 KB of text; bodies beyond this are refused
+UNMATCHED = "unmatched"  # the endpoint label of every path no route serves
 
 
-class _BodyLimit:
-    """Refuse request bodies larger than ``limit`` by their Content-Length (413, OpenAI's shape)."""
+def _route(app, scope) -> Any:
+    """The route that will handle ``scope`` (a full match), or None."""
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return route
+    return None
+
+
+def _key_scope(route) -> str | None:
+    """The key scope a route declares (``require_admin``/``require_user``), or None (no key)."""
+    deps = getattr(route, "dependencies", ())
+    if any(d is require_admin for d in deps):
+        return ADMIN
+    if any(d is require_user for d in deps):
+        return USER
+    return None
+
+
+class _Gate:
+    """Runs before routing reads a request's body: the API key its route needs is checked first
+    (401/403, the body never read), then the body is read here and refused (413) once it passes
+    ``limit`` bytes, whatever its transfer encoding (Content-Length or chunked). The handler then
+    gets the body already read."""
 
     def __init__(self, app, limit: int = MAX_BODY_BYTES):
         self.app = app
         self.limit = limit
 
+    async def _refuse(self, scope, receive, send, route, response: Response) -> None:
+        metrics: Metrics = scope["app"].state.metrics
+        metrics.requests.labels("", _template(route), str(response.status_code)).inc()
+        await response(scope, receive, send)
+
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            for key, value in scope.get("headers", ()):
-                if key == b"content-length" and value.isdigit() and int(value) > self.limit:
-                    response = error_response(413, f"The request body is {int(value)} bytes; the limit is "
-                                              f"{self.limit}.", code="request_too_large")
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = _route(scope["app"], scope)
+        needed = _key_scope(route)
+        if needed is not None:
+            headers = dict(scope.get("headers") or ())
+            authorization = headers.get(b"authorization")
+            try:
+                scope["app"].state.keys.check(authorization.decode("latin-1") if authorization else None, needed)
+            except RequestError as err:
+                await self._refuse(scope, receive, send, route, error_response(
+                    err.status, err.message, type=err.type, param=err.param, code=err.code))
+                return
+        for key, value in scope.get("headers", ()):
+            if key == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._refuse(scope, receive, send, route, _too_large(f"{int(value)} bytes", self.limit))
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before its body was read
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(scope, receive, send, route, _too_large(f"over {self.limit} bytes", self.limit))
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # then http.disconnect, as the server sends it
+
+        await self.app(scope, replay, send)
+
+
+def _too_large(size: str, limit: int) -> JSONResponse:
+    return error_response(413, f"The request body is {size}; the limit is {limit}.", code="request_too_large")
+
+
+def _template(route) -> str:
+    """The metrics label of a request's endpoint: its route template; every unknown path shares one."""
+    return getattr(route, "path", None) or UNMATCHED
 
 
 def _param(loc: Sequence[Any]) -> str | None:
@@ -97,8 +170,7 @@ def _param(loc: Sequence[Any]) -> str | None:
 
 
 def _endpoint(request: Request) -> str:
-    route = request.scope.get("route")
-    return getattr(route, "path", request.url.path)
+    return _template(request.scope.get("route"))
 
 
 def _count_error(request: Request, status: int) -> None:
@@ -122,7 +194,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             return error_response(400, f"The request body is not valid JSON: {first.get('ctx', {}).get('error', '')}",
                                   code="invalid_json")
-        param = _param(first.get("loc", ()))
+        param = (first.get("ctx") or {}).get("param") or _param(first.get("loc", ()))
         msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
         if first.get("type") == "missing":
             message = f"Missing required parameter: '{param}'." if param else "The request body is missing."
@@ -343,7 +415,7 @@ def build_app(config: ServeConfig | Any | None = None, *, slots: Slots | None = 
     app.state.service = OpenAIService(slots, metrics, log_prompts=config.log_prompts,
                                       default_max_tokens=config.default_max_tokens)
     _install_error_handlers(app)
-    app.add_middleware(_BodyLimit)
+    app.add_middleware(_Gate)
     app.include_router(_openai_router())
     app.include_router(_ops_router())
     app.include_router(_admin_router())
