@@ -12,18 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from collections.abc import Awaitable, Callable, Sequence
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.routing import APIRoute
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from serving.auth import ADMIN, USER, KeyStore
 from serving.errors import RequestError
@@ -67,23 +69,25 @@ MAX_BODY_BYTES = 4 * 1024 * 1024  # a 4096-token context is ~16 KB of text; bodi
 UNMATCHED = "unmatched"  # the endpoint label of every path no route serves
 
 
-def _route(app, scope) -> Any:
-    """The route that will handle ``scope`` (a full match), or None."""
-    for route in app.router.routes:
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return route
-    return None
+@dataclass(frozen=True)
+class _GatedRoute:
+    path: str  # the route template (the metrics label)
+    regex: re.Pattern
+    methods: frozenset[str]
+    key_scope: str | None  # the key scope it declares (require_user/require_admin), or None
 
 
-def _key_scope(route) -> str | None:
-    """The key scope a route declares (``require_admin``/``require_user``), or None (no key)."""
-    deps = getattr(route, "dependencies", ())
-    if any(d is require_admin for d in deps):
-        return ADMIN
-    if any(d is require_user for d in deps):
-        return USER
-    return None
+def _gated_routes(routers: Sequence[APIRouter]) -> list[_GatedRoute]:
+    """What the gate needs to know of each route, read from the routers' own declarations."""
+    out = []
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, APIRoute):
+                deps = route.dependencies
+                scope = ADMIN if any(d is require_admin for d in deps) else \
+                    USER if any(d is require_user for d in deps) else None
+                out.append(_GatedRoute(route.path, route.path_regex, frozenset(route.methods), scope))
+    return out
 
 
 class _Gate:
@@ -92,21 +96,32 @@ class _Gate:
     ``limit`` bytes, whatever its transfer encoding (Content-Length or chunked). The handler then
     gets the body already read."""
 
-    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+    def __init__(self, app, routes: list[_GatedRoute], limit: int = MAX_BODY_BYTES):
         self.app = app
+        self.routes = routes
         self.limit = limit
+
+    def _route(self, scope) -> _GatedRoute | None:
+        path = scope["path"]
+        root = scope.get("root_path") or ""
+        if root and path.startswith(root):
+            path = path[len(root):]
+        for route in self.routes:
+            if scope["method"] in route.methods and route.regex.match(path):
+                return route
+        return None
 
     async def _refuse(self, scope, receive, send, route, response: Response) -> None:
         metrics: Metrics = scope["app"].state.metrics
-        metrics.requests.labels("", _template(route), str(response.status_code)).inc()
+        metrics.requests.labels("", route.path if route else UNMATCHED, str(response.status_code)).inc()
         await response(scope, receive, send)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = _route(scope["app"], scope)
-        needed = _key_scope(route)
+        route = self._route(scope)
+        needed = route.key_scope if route else None
         if needed is not None:
             headers = dict(scope.get("headers") or ())
             authorization = headers.get(b"authorization")
@@ -151,11 +166,6 @@ def _too_large(size: str, limit: int) -> JSONResponse:
     return error_response(413, f"The request body is {size}; the limit is {limit}.", code="request_too_large")
 
 
-def _template(route) -> str:
-    """The metrics label of a request's endpoint: its route template; every unknown path shares one."""
-    return getattr(route, "path", None) or UNMATCHED
-
-
 def _param(loc: Sequence[Any]) -> str | None:
     parts = [p for p in loc if p != "body"]
     out = ""
@@ -170,7 +180,8 @@ def _param(loc: Sequence[Any]) -> str | None:
 
 
 def _endpoint(request: Request) -> str:
-    return _template(request.scope.get("route"))
+    """The metrics label of a request's endpoint: its route template; every unknown path shares one."""
+    return getattr(request.scope.get("route"), "path", None) or UNMATCHED
 
 
 def _count_error(request: Request, status: int) -> None:
@@ -415,17 +426,17 @@ def build_app(config: ServeConfig | Any | None = None, *, slots: Slots | None = 
     app.state.service = OpenAIService(slots, metrics, log_prompts=config.log_prompts,
                                       default_max_tokens=config.default_max_tokens)
     _install_error_handlers(app)
-    app.add_middleware(_Gate)
-    app.include_router(_openai_router())
-    app.include_router(_ops_router())
-    app.include_router(_admin_router())
+    routers = [_openai_router(), _ops_router(), _admin_router()]
     try:
         from flows.webhook import router as webhook_router
     except ModuleNotFoundError as exc:
         if exc.name not in ("flows.webhook", "flows"):
             raise
     else:
-        app.include_router(webhook_router)
+        routers.append(webhook_router)
+    for router in routers:
+        app.include_router(router)
+    app.add_middleware(_Gate, routes=_gated_routes(routers))
     return app
 
 
