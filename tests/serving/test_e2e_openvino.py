@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from onramp.reference import PARIS_QUESTION
 import asyncio
 import json
 import time
@@ -15,7 +16,7 @@ from tests.serving.conftest import LAUNCH_MODEL, MAX_QUEUE, WIRE_MODEL
 
 pytestmark = pytest.mark.slow
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION = [{"role": "user", "content": PARIS_QUESTION}]
 
 
 def sse_events(text: str) -> list[str]:

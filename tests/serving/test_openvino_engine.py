@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from onramp.reference import PARIS_QUESTION
 import asyncio
 
 import pytest
@@ -31,7 +32,7 @@ async def test_describe_and_chat_template(ov_engine):
     info = ov_engine.describe()
     assert info.backend == "openvino" and info.name == "smollm2"
     assert info.max_context == 4096 and info.max_concurrent == 16 and info.version
-    text, deltas = await collect(ov_engine, req(messages=[ChatMessage("user", "What is the capital of France?")],
+    text, deltas = await collect(ov_engine, req(messages=[ChatMessage("user", PARIS_QUESTION)],
                                                 max_tokens=20))
     assert "Paris" in text
     assert deltas[-1].finish_reason == "stop" and deltas[-1].completion_tokens >= len(deltas) - 1
@@ -83,7 +84,7 @@ async def test_limits_and_sampling(ov_engine):
     a, _ = await collect(ov_engine, req(prompt="My favourite animal is", max_tokens=10, temperature=1.0, seed=5))
     b, _ = await collect(ov_engine, req(prompt="My favourite animal is", max_tokens=10, temperature=1.0, seed=5))
     assert a == b
-    text, deltas = await collect(ov_engine, req(messages=[ChatMessage("user", "What is the capital of France?")],
+    text, deltas = await collect(ov_engine, req(messages=[ChatMessage("user", PARIS_QUESTION)],
                                                 stop=[" Paris"], logprobs=True))
     assert text == "The capital of France is" and deltas[-1].finish_reason == "stop"
     lps = [lp.logprob for d in deltas for lp in (d.logprobs or [])]
