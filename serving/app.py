@@ -23,14 +23,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.routing import APIRoute
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.auth import ADMIN, USER, KeyStore
 from serving.errors import RequestError
 from serving.metrics import CONTENT_TYPE_LATEST, Metrics
-from serving.protocol import ChatCompletionRequest, CompletionRequest, SwapRequest
+from serving.protocol import (AdminModels, ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
+                              CompletionResponse, ErrorResponse, Health, ModelCard, ModelList, Readiness,
+                              RemoveResponse, SwapRequest, SwapResponse)
 from serving.service import OpenAIService
 from serving.slots import Slots
 
@@ -272,24 +275,78 @@ async def _unless_disconnected(request: Request, work: Awaitable) -> Any:
             task.cancel()
 
 
+_ERROR = {"model": ErrorResponse, "description": "An error in OpenAI's shape"}
+
+
+_SSE_EVENT = {"type": "object", "required": ["data"], "description": "one server-sent event",
+              "properties": {"data": {"type": "string", "description": "a JSON chunk; the last one is [DONE]"}}}
+
+
+def _generation(body: type) -> dict:
+    """The responses of a generation endpoint: the whole completion, or SSE chunks when streaming."""
+    return {200: {"model": body, "description": "The completion (JSON), or with stream=true its chunks (SSE)",
+                  "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
+            404: _ERROR, 429: _ERROR, 503: _ERROR}
+
+
+def _openapi_document(app: FastAPI, routes: list[_GatedRoute]) -> dict:
+    """FastAPI's document, told what the gate and the error handlers really do: errors are 400s in
+    OpenAI's shape (never 422), a body can be refused with 413, a route that needs a key says so
+    (bearer) and can answer 401 (and 403 for the admin scope)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    scopes = {(re.sub(r":\w+}", "}", r.path), m.lower()): r.key_scope for r in routes for m in r.methods}
+    error = {"description": "An error in OpenAI's shape",
+             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    for path, ops in doc.get("paths", {}).items():
+        for method, op in ops.items():
+            responses = op.setdefault("responses", {})
+            if responses.get("422", {}).get("description") == "Validation Error":
+                del responses["422"]  # FastAPI's default; the handlers answer 400
+            if op.get("requestBody") or op.get("parameters"):
+                responses.setdefault("400", error)
+            if op.get("requestBody"):
+                responses.setdefault("413", error)
+            key_scope = scopes.get((path, method))
+            if key_scope is not None:
+                op["security"] = [{"bearer": []}]
+                responses.setdefault("401", error)
+                if key_scope == ADMIN:
+                    responses.setdefault("403", error)
+    components = doc.setdefault("components", {})
+    components.setdefault("schemas", {})["ErrorResponse"] = ErrorResponse.model_json_schema(
+        ref_template="#/components/schemas/{model}")
+    for name, sub in ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}").get(
+            "$defs", {}).items():
+        components["schemas"].setdefault(name, sub)
+    components["schemas"]["ErrorResponse"].pop("$defs", None)
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components["schemas"].pop(unused, None)
+    components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
+                                                "description": "an API key: `onramp keys create NAME`"}}
+    app.openapi_schema = doc
+    return doc
+
+
 def _openai_router() -> APIRouter:
     router = APIRouter()
 
-    @router.post("/v1/chat/completions", dependencies=[require_user])
+    @router.post("/v1/chat/completions", dependencies=[require_user], responses=_generation(ChatCompletionResponse))
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         request.state.model = body.model if body.model in request.app.state.slots.names() else "unknown"
         service: OpenAIService = request.app.state.service
         work = service.chat(body, endpoint="/v1/chat/completions")
         return _stream_or_json(await _unless_disconnected(request, work))
 
-    @router.post("/chat/completions", dependencies=[require_user])
+    @router.post("/chat/completions", dependencies=[require_user], responses=_generation(ChatCompletionResponse))
     async def pplx_chat_completions(body: ChatCompletionRequest, request: Request):
         request.state.model = body.model if body.model in request.app.state.slots.names() else "unknown"
         service: OpenAIService = request.app.state.service
         work = service.chat(body, endpoint="/chat/completions", pplx=True)
         return _stream_or_json(await _unless_disconnected(request, work))
 
-    @router.post("/v1/completions", dependencies=[require_user])
+    @router.post("/v1/completions", dependencies=[require_user], responses=_generation(CompletionResponse))
     async def completions(body: CompletionRequest, request: Request):
         request.state.model = body.model if body.model in request.app.state.slots.names() else "unknown"
         service: OpenAIService = request.app.state.service
@@ -301,12 +358,13 @@ def _openai_router() -> APIRouter:
         return {"id": live.name, "object": "model", "created": int(live.since), "owned_by": "onramp",
                 "version": live.version, "backend": info.backend, "max_context": info.max_context}
 
-    @router.get("/v1/models", dependencies=[require_user])
+    @router.get("/v1/models", dependencies=[require_user], responses={200: {"model": ModelList}})
     async def list_models(request: Request):
         slots: Slots = request.app.state.slots
         return {"object": "list", "data": [_model_card(slots.live(n)) for n in slots.names()]}
 
-    @router.get("/v1/models/{name:path}", dependencies=[require_user])
+    @router.get("/v1/models/{name:path}", dependencies=[require_user],
+                responses={200: {"model": ModelCard}, 404: _ERROR})
     async def get_model(name: str, request: Request):
         slots: Slots = request.app.state.slots
         live = slots.live(name)
@@ -322,11 +380,11 @@ def _openai_router() -> APIRouter:
 def _ops_router() -> APIRouter:
     router = APIRouter()
 
-    @router.get("/healthz")
+    @router.get("/healthz", responses={200: {"model": Health}})
     async def healthz():
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    @router.get("/readyz", responses={200: {"model": Readiness}, 503: {"model": Readiness}})
     async def readyz(request: Request):
         slots: Slots = request.app.state.slots
         status = [s.__dict__ for s in slots.status()]
@@ -334,9 +392,9 @@ def _ops_router() -> APIRouter:
         return JSONResponse({"status": "ready" if ready else "not ready", "models": status},
                             status_code=200 if ready else 503)
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=PlainTextResponse)
     async def metrics(request: Request):
-        return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return router
 
@@ -344,12 +402,12 @@ def _ops_router() -> APIRouter:
 def _admin_router() -> APIRouter:
     router = APIRouter(prefix="/admin", dependencies=[require_admin])
 
-    @router.get("/models")
+    @router.get("/models", responses={200: {"model": AdminModels}})
     async def admin_models(request: Request):
         slots: Slots = request.app.state.slots
         return {"models": [s.__dict__ | {"inflight": slots.inflight(s.name)} for s in slots.status()]}
 
-    @router.post("/models/{name}/swap")
+    @router.post("/models/{name}/swap", responses={200: {"model": SwapResponse}, 404: _ERROR})
     async def swap(name: str, body: SwapRequest, request: Request):
         slots: Slots = request.app.state.slots
         config: ServeConfig = request.app.state.config
@@ -372,7 +430,7 @@ def _admin_router() -> APIRouter:
                 "previous_version": previous.version if previous else None,
                 "seconds": round(time.perf_counter() - t0, 2)}
 
-    @router.delete("/models/{name}")
+    @router.delete("/models/{name}", responses={200: {"model": RemoveResponse}, 404: _ERROR})
     async def remove(name: str, request: Request):
         await request.app.state.slots.remove(name)
         return {"model": name, "removed": True}
@@ -436,7 +494,9 @@ def build_app(config: ServeConfig | Any | None = None, *, slots: Slots | None = 
         routers.append(webhook_router)
     for router in routers:
         app.include_router(router)
-    app.add_middleware(_Gate, routes=_gated_routes(routers))
+    gated = _gated_routes(routers)
+    app.add_middleware(_Gate, routes=gated)
+    app.openapi = lambda: _openapi_document(app, gated)
     return app
 
 

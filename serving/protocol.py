@@ -108,7 +108,7 @@ class TextPart(BaseModel):
 
 class ChatMessageIn(_OpenRequest):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
+    content: str | list[TextPart]
     name: str | None = None
 
     def text(self) -> str:
@@ -182,17 +182,19 @@ class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, json_schema_extra={"maximum": 0})  # >0: 400 (service)
 
     def completion_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str]
+    prompt: str | list[str] = Field(json_schema_extra={"anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 1}]})
     max_tokens: int | None = Field(default=16, ge=1, le=INT32_MAX)  # OpenAI's default for /v1/completions
     echo: bool = False
-    logprobs: int | None = Field(default=None, ge=0, le=5)
+    logprobs: int | None = Field(default=None, ge=0, le=5, json_schema_extra={"maximum": 1})  # >1: 400 (service)
     suffix: str | None = None
 
     @field_validator("prompt")
@@ -217,7 +219,9 @@ class CompletionRequest(_SamplingFields):
 class SwapRequest(_TopRequest):
     """POST /admin/models/{name}/swap: load ``engine_dir`` (or a registry ``version``) for ``name``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": ["engine_dir"], "properties": {"engine_dir": {"type": "string", "minLength": 1}}},
+        {"required": ["version"], "properties": {"version": {"type": "string", "minLength": 1}}}]})
     engine_dir: str | None = None
     version: str | None = None
 
@@ -268,3 +272,90 @@ def format_names(names: list[str], *, limit: int = 16, width: int = 64) -> str:
     control characters reach the log), and how many more there were."""
     shown = ", ".join(repr(n[:width] + ("..." if len(n) > width else "")) for n in names[:limit])
     return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
+
+
+# ---------------------------------------------------------------------------- responses (for /openapi.json)
+# The handlers build these bodies as plain dicts (fast); the models document them. Extra fields are allowed.
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"]
+    content: str | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    logprobs: dict[str, Any] | None = None
+    finish_reason: str | None = Field(description="stop, length or abort")
+    delta: ChatMessageOut | None = Field(default=None, description="/chat/completions (pplx-api) only")
+
+
+class ChatCompletionResponse(BaseModel):
+    """A whole chat completion; with ``stream: true`` the body is ``text/event-stream`` chunks instead."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: dict[str, Any] | None = None
+    finish_reason: str | None = None
+
+
+class CompletionResponse(BaseModel):
+    """A whole text completion; with ``stream: true`` the body is ``text/event-stream`` chunks instead."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    version: str
+    backend: str
+    max_context: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    models: list[dict[str, Any]] = Field(description="one entry per served model: name, state, version, ...")
+
+
+class AdminModels(BaseModel):
+    models: list[dict[str, Any]]
+
+
+class SwapResponse(BaseModel):
+    model: str
+    version: str
+    engine_dir: str
+    previous_version: str | None = None
+    seconds: float
+
+
+class RemoveResponse(BaseModel):
+    model: str
+    removed: bool
