@@ -30,6 +30,7 @@ from serving.process import run_onramp_serve
 
 MODEL = "smol"
 TIMEOUT_S = 60  # a 4-token completion takes seconds even on a loaded machine
+MAX_PROMPT_CHARS = 300  # of the text a generated request sends to the engine
 EXAMPLES = int(os.environ.get("ONRAMP_CONTRACT_EXAMPLES", "12"))
 # a 5xx is counted and asserted on below (the webhook's declared 503 aside); these check the rest of the contract
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -59,9 +60,22 @@ def contract_server(ov_int8_engine, tmp_path_factory):
             json.dump(summary, fh, indent=1)
 
 
+def _prompt_chars(body: dict) -> int:
+    """How much text a generation body gives the engine (message contents or the prompt)."""
+    texts: list = []
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        parts = content if isinstance(content, list) else [content]
+        texts += [p.get("text") if isinstance(p, dict) else p for p in parts]
+    prompt = body.get("prompt")
+    texts += prompt if isinstance(prompt, list) else [prompt]
+    return sum(len(t) if isinstance(t, str) else 0 for t in texts)
+
+
 def _prepare(case, key: str, served: bool) -> None:
-    """Every case carries the key; generation bodies name the served model when ``served`` and ask
-    for at most 4 new tokens."""
+    """Every case carries the key; generation bodies ask for at most 4 new tokens and name the
+    served model when ``served`` and their prompt is short (a generated prompt of thousands of
+    tokens takes minutes to prefill on a loaded 2-core machine; longer ones are answered 404)."""
     case.headers = {**(case.headers or {}), "Authorization": f"Bearer {key}"}
     body = case.body
     if not isinstance(body, dict) or not ({"messages", "prompt"} & set(body)):
@@ -70,7 +84,7 @@ def _prepare(case, key: str, served: bool) -> None:
         value = body.get(field)
         if isinstance(value, int) and not isinstance(value, bool) and value > 4:
             body[field] = 4
-    if served:
+    if served and _prompt_chars(body) <= MAX_PROMPT_CHARS:
         body["model"] = MODEL
 
 
@@ -85,16 +99,11 @@ def _fuzz(operation, mode: GenerationMode, key: str, failures: list[str]) -> Non
         try:
             response = case.call(timeout=TIMEOUT_S)
         except requests.Timeout:
-            if os.environ.get("ONRAMP_CONTRACT_DEBUG"):
-                with open("/tmp/h16_hang.json", "w") as fh:
-                    json.dump(case.body, fh)
             failures.append(f"{case.method} {operation.path} [{mode.value}] no answer in {TIMEOUT_S} s: "
                             f"{json.dumps(case.body, ensure_ascii=True)[:2000]}")
             return
         by = TALLY.setdefault(f"{case.method} {operation.path}", {})
         by[response.status_code] = by.get(response.status_code, 0) + 1
-        if os.environ.get("ONRAMP_CONTRACT_DEBUG") and mode == GenerationMode.POSITIVE and response.status_code == 400:
-            print("POSITIVE 400", operation.path, response.text[:300], json.dumps(case.body)[:300])
         try:
             case.validate_response(response, checks=CHECKS)
         except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - collected: all are reported at the end
