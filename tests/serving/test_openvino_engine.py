@@ -43,13 +43,16 @@ async def test_describe_and_chat_template(ov_engine):
 async def test_continuous_batching_requests_join_and_leave(ov_engine):
     """A short request that arrives while a long one runs joins the batch and finishes first."""
     order: list[str] = []
+    long_started = asyncio.Event()
 
     async def run(name, request):
-        await collect(ov_engine, request)
+        async for _ in ov_engine.stream(request):
+            long_started.set()
         order.append(name)
 
-    long = asyncio.create_task(run("long", req(prompt="Once upon a time", max_tokens=60, ignore_eos=True)))
-    await asyncio.sleep(0.5)
+    # long enough that it cannot finish while the short one is prefilled and decoded, at any speed
+    long = asyncio.create_task(run("long", req(prompt="Once upon a time", max_tokens=200, ignore_eos=True)))
+    await asyncio.wait_for(long_started.wait(), timeout=300)  # it is in the batch: it produced a token
     assert ov_engine.running == 1
     await run("short", req(prompt="Hello", max_tokens=3, ignore_eos=True))
     assert order == ["short"]
