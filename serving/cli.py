@@ -41,7 +41,8 @@ def serve(
                                              help="OpenVINO KV cache per engine, GB (default: the engine "
                                              "manifest's runtime.scheduler.cache_size, 1 GB)."),
     registry: bool = typer.Option(False, "--registry",
-                                  help="Also serve each registered model's 'production' alias and swap when it moves."),
+                                  help="Also serve each registered model's 'production' alias (as ORG--NAME, and "
+                                       "as NAME where no other registered model has that NAME); swap when it moves."),
     log_prompts: bool = typer.Option(False, "--log-prompts", help="Log prompt text (off by default)."),
 ) -> None:
     """Serve engines behind the OpenAI- and pplx-compatible API."""
@@ -86,6 +87,7 @@ def _registry_hooks(settings):
 
     try:
         from registry.client import Registry
+        from registry.names import short_aliases
         from registry.watch import AliasWatcher
     except ModuleNotFoundError as exc:
         raise ServingError(f"--registry needs registry.watch ({exc.name} is missing)",
@@ -99,7 +101,10 @@ def _registry_hooks(settings):
         async def on_change(name: str, version: str, engine_dir: Path) -> None:
             await slots.swap(name, engine_dir, version=version)
 
-        watcher = AliasWatcher(reg, alias="production", on_change=on_change)
+        def on_names(names: list[str]) -> None:  # short names, where no two registered models share one
+            slots.set_aliases(short_aliases(names))
+
+        watcher = AliasWatcher(reg, alias="production", on_change=on_change, on_names=on_names)
         state["watcher"] = watcher
         await watcher.start()
 

@@ -325,6 +325,7 @@ class ModelCard(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    root: str | None = Field(default=None, description="the served model an alias points to")
     version: str
     backend: str
     max_context: int
