@@ -19,7 +19,7 @@ from serving.choices import Choice, Tally, chat_logprobs, tool_call_deltas
 from serving.engine import ChatMessage, Delta, GenerationRequest, SamplingParams
 from serving.errors import RequestError
 from serving.metrics import Metrics
-from serving.protocol import ChatCompletionRequest, CompletionRequest, ignored_fields
+from serving.protocol import ChatCompletionRequest, CompletionRequest, format_names, ignored_fields
 from serving.slots import Lease, Slots
 from serving.structured import response_format_constraint
 from serving.tools import ToolCallParser, parse_tools, tool_constraint
@@ -84,7 +84,7 @@ class OpenAIService:
     def _log_request(self, kind: str, req, request_id: str) -> None:
         extra = ignored_fields(req)
         if extra:
-            log.info("%s %s: ignored unknown fields: %s", kind, request_id, ", ".join(extra))
+            log.info("%s %s: ignored unknown fields: %s", kind, request_id, format_names(extra))
 
     async def _start(self, model: str, endpoint: str, request: GenerationRequest) -> _Run:
         t0 = time.perf_counter()
