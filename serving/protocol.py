@@ -138,6 +138,7 @@ class SwapRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     engine_dir: str | None = None
     version: str | None = None
+    force: bool = Field(default=False, description="swap to a registry version whose gate did not pass")
 
     @model_validator(mode="after")
     def _something(self):
