@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from builders.manifest import read_manifest
+from onramp.reference import PARIS_QUESTION
 from registry.client import Registry
 from serving.auth import create_key
 from serving.process import run_onramp_serve
@@ -93,7 +94,7 @@ def test_broken_production_version_backs_off_and_is_reported(ov_int8_engine, mak
         # the old engine keeps serving
         assert served() == v1
         reply = httpx.post(f"{url}/v1/chat/completions", headers=user, timeout=120, json={
-            "model": name, "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "model": name, "messages": [{"role": "user", "content": PARIS_QUESTION}],
             "temperature": 0})
         assert reply.status_code == 200 and "Paris" in reply.json()["choices"][0]["message"]["content"]
         # without the admin key /readyz says only the state

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from onramp.reference import PARIS_QUESTION
 from serving.app import ServeConfig, build_app
 from serving.auth import create_key
 from serving.engines import load_engine
@@ -26,8 +27,8 @@ from serving.slots import Slots
 
 MODEL = "smol"
 ENGINE_OPTIONS = {"max_num_seqs": 4, "cache_size_gb": 1}
-CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}],
-        "temperature": 0, "max_tokens": 4}
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": PARIS_QUESTION}], "temperature": 0,
+        "max_tokens": 16}
 
 
 def link_copy(src: Path, dst: Path) -> Path:
@@ -168,5 +169,6 @@ async def test_hanging_engine_load_times_out_and_old_engine_keeps_serving(admin_
             assert loop.time() < deadline, "the late engine was not closed"
             await asyncio.sleep(0.1)
         assert slots.live(MODEL).version == "v2"
-    finally:
-        _release(fifo)
+    finally:  # never leave a thread blocked on the fifo (OpenVINO would hold up the interpreter's exit)
+        if not _release(fifo):
+            fifo.unlink(missing_ok=True)  # not opened yet: the load finds no such file
