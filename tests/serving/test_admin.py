@@ -1,19 +1,15 @@
 """Admin hardening over the real int8 OpenVINO engine (in process, httpx's ASGI transport): swaps
-load only from the allowed directories, /readyz keeps errors and paths behind the admin key, and
-an engine load that hangs is bounded by the swap timeout while the old engine keeps serving.
-
-The hang is real: ``special_tokens_map.json`` is an optional file that openvino_genai's Tokenizer
-opens when it exists; as a fifo with no writer, that open blocks until the test writes to it.
-The manifest check passes (it lists regular files only), so the load reaches OpenVINO and hangs
-there, as a load from a stuck network filesystem would.
+load only from the allowed directories, /readyz keeps errors and paths behind the admin key, an
+engine directory holding a fifo is refused before it can hang the server, and an engine load
+that hangs is bounded by the swap timeout while the old engine keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import httpx
@@ -115,31 +111,50 @@ async def test_readyz_keeps_errors_and_paths_behind_the_admin_key(admin_server, 
     assert "broken-engine" in (await client.get("/admin/models", headers=admin)).json()["models"][0]["error"]
 
 
-def _release(fifo: Path) -> bool:
-    """Give the blocked reader of ``fifo`` a body; False when nobody has it open."""
-    try:
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-    except OSError as err:
-        if err.errno == errno.ENXIO:
-            return False
-        raise
-    try:
-        os.write(fd, b"{}")
-    finally:
-        os.close(fd)
-    return True
+async def test_fifo_in_engine_dir_is_refused_before_it_can_hang(admin_server, ov_int8_engine):
+    """A fifo where the loader reads an optional file (openvino_genai's Tokenizer opens
+    special_tokens_map.json when it exists) blocks that open forever, inside native code holding the
+    GIL: the whole server would freeze, beyond any timeout. It is refused before the load starts."""
+    client, slots, _, admin, root = admin_server
+    hanging = link_copy(ov_int8_engine, root / "hanging")
+    os.mkfifo(hanging / "special_tokens_map.json")
+    resp = await asyncio.wait_for(client.post(f"/admin/models/{MODEL}/swap", json={"engine_dir": str(hanging)},
+                                              headers=admin), timeout=120)
+    assert resp.status_code == 400, resp.text
+    err = resp.json()["error"]
+    assert err["code"] == "engine_load_failed" and "special_tokens_map.json" in err["message"]
+    assert "not a regular file" in err["message"]
+    assert slots.live(MODEL).version == "v1"
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+
+
+class BlockingLoader(Loader):
+    """The real loader, but a load of ``blocked_dir`` first waits for ``release`` (a load stuck in
+    I/O that releases the GIL: Python-level reads and hashing, a stalled network filesystem)."""
+
+    def __init__(self, blocked_dir: Path):
+        super().__init__()
+        self.blocked_dir = str(blocked_dir)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, engine_dir, name, **options):
+        if str(engine_dir) == self.blocked_dir:
+            self.entered.set()
+            self.release.wait()
+        return super().__call__(engine_dir, name, **options)
 
 
 async def test_hanging_engine_load_times_out_and_old_engine_keeps_serving(admin_server, ov_int8_engine):
     client, slots, loader, admin, root = admin_server
     hanging = link_copy(ov_int8_engine, root / "hanging")
-    fifo = hanging / "special_tokens_map.json"
-    os.mkfifo(fifo)
+    blocking = BlockingLoader(hanging.resolve())
+    slots._loader = blocking  # the boundary: Slots(loader=...) is how an engine gets loaded
     slots.swap_timeout_s = 20  # long enough for a chat request on a loaded machine
     try:
         swap = asyncio.ensure_future(client.post(f"/admin/models/{MODEL}/swap", json={"engine_dir": str(hanging)},
                                                  headers=admin))
-        await asyncio.sleep(0)
+        await asyncio.to_thread(blocking.entered.wait, 120)
         # while the load hangs, the old engine answers
         reply = await client.post("/v1/chat/completions", json=CHAT)
         assert reply.status_code == 200 and "Paris" in reply.json()["choices"][0]["message"]["content"]
@@ -153,22 +168,21 @@ async def test_hanging_engine_load_times_out_and_old_engine_keeps_serving(admin_
         assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
         metrics = (await client.get("/metrics")).text
         assert f'onramp_swap_failures_total{{model="{MODEL}"}} 1.0' in metrics
-        # the slot is free again: another swap goes through while the first load still hangs
-        good = link_copy(ov_int8_engine, root / "good")
+        detail = (await client.get("/readyz", headers=admin)).json()["models"][0]
+        assert detail["state"] == "ready" and "did not finish within" in detail["error"]
+        # the hung load, once it finishes, is closed, never served
+        blocking.release.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 300
+        while str(hanging) not in blocking.engines or not blocking.engines[str(hanging)]._closed:
+            assert loop.time() < deadline, "the late engine was not closed"
+            await asyncio.sleep(0.1)
+        assert slots.live(MODEL).version == "v1"
+        # and the slot takes the next swap
         slots.swap_timeout_s = 600  # a real load takes 10 s and more on a loaded machine
+        good = link_copy(ov_int8_engine, root / "good")
         resp = await client.post(f"/admin/models/{MODEL}/swap", json={"engine_dir": str(good), "version": "v2"},
                                  headers=admin)
         assert resp.status_code == 200 and slots.live(MODEL).version == "v2"
-        # the hung load, once it finishes, is closed, never served
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 300
-        while not _release(fifo):
-            assert loop.time() < deadline, "the hung load never opened the fifo"
-            await asyncio.sleep(0.1)
-        while str(hanging) not in loader.engines or not loader.engines[str(hanging)]._closed:
-            assert loop.time() < deadline, "the late engine was not closed"
-            await asyncio.sleep(0.1)
-        assert slots.live(MODEL).version == "v2"
-    finally:  # never leave a thread blocked on the fifo (OpenVINO would hold up the interpreter's exit)
-        if not _release(fifo):
-            fifo.unlink(missing_ok=True)  # not opened yet: the load finds no such file
+    finally:
+        blocking.release.set()
