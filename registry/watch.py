@@ -47,6 +47,7 @@ class Failure:
 
 
 OnFailure = Callable[[Failure, Exception], None]
+OnNames = Callable[[list[str]], None]
 
 
 class AliasWatcher:
@@ -59,6 +60,7 @@ class AliasWatcher:
         on_change: OnChange | None = None,
         max_backoff: float = DEFAULT_MAX_BACKOFF_S,
         on_failure: OnFailure | None = None,
+        on_names: OnNames | None = None,
     ):
         if on_change is None:
             raise ValueError("AliasWatcher needs an on_change coroutine function")
@@ -69,6 +71,7 @@ class AliasWatcher:
         self.on_change = on_change
         self.max_backoff = max(max_backoff, interval)
         self.on_failure = on_failure
+        self.on_names = on_names  # told the registered model names at each poll (serving's aliases)
         self.current: dict[str, str] = {}  # name -> version delivered to on_change
         self.failing: dict[str, Failure] = {}  # name -> the version that keeps failing
         self.errors = 0
@@ -108,6 +111,8 @@ class AliasWatcher:
         delivered: dict[str, str] = {}
         try:
             names = self.names or await asyncio.to_thread(self.registry.model_names)
+            if self.on_names is not None:
+                self.on_names(list(names))
         except Exception as exc:  # noqa: BLE001 - the watcher must survive anything
             self.errors += 1
             log.warning("watching %r: cannot list registered models: %s", self.alias, exc)

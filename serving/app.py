@@ -193,39 +193,46 @@ async def _unless_disconnected(request: Request, work: Awaitable) -> Any:
             task.cancel()
 
 
+def _model_label(slots: Slots, model: str) -> str:
+    """The metrics label of a request's model: the served name (an alias counts as its model)."""
+    return slots.resolve(model) if slots.live(model) is not None else "unknown"
+
+
 def _openai_router() -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/chat/completions", dependencies=[require_user])
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        request.state.model = body.model if body.model in request.app.state.slots.names() else "unknown"
+        request.state.model = _model_label(request.app.state.slots, body.model)
         service: OpenAIService = request.app.state.service
         work = service.chat(body, endpoint="/v1/chat/completions")
         return _stream_or_json(await _unless_disconnected(request, work))
 
     @router.post("/chat/completions", dependencies=[require_user])
     async def pplx_chat_completions(body: ChatCompletionRequest, request: Request):
-        request.state.model = body.model if body.model in request.app.state.slots.names() else "unknown"
+        request.state.model = _model_label(request.app.state.slots, body.model)
         service: OpenAIService = request.app.state.service
         work = service.chat(body, endpoint="/chat/completions", pplx=True)
         return _stream_or_json(await _unless_disconnected(request, work))
 
     @router.post("/v1/completions", dependencies=[require_user])
     async def completions(body: CompletionRequest, request: Request):
-        request.state.model = body.model if body.model in request.app.state.slots.names() else "unknown"
+        request.state.model = _model_label(request.app.state.slots, body.model)
         service: OpenAIService = request.app.state.service
         work = service.completion(body, endpoint="/v1/completions")
         return _stream_or_json(await _unless_disconnected(request, work))
 
-    def _model_card(live) -> dict:
+    def _model_card(live, alias: str | None = None) -> dict:
         info = live.engine.describe()
-        return {"id": live.name, "object": "model", "created": int(live.since), "owned_by": "onramp",
-                "version": live.version, "backend": info.backend, "max_context": info.max_context}
+        return {"id": alias or live.name, "object": "model", "created": int(live.since), "owned_by": "onramp",
+                "root": live.name, "version": live.version, "backend": info.backend, "max_context": info.max_context}
 
     @router.get("/v1/models", dependencies=[require_user])
     async def list_models(request: Request):
         slots: Slots = request.app.state.slots
-        return {"object": "list", "data": [_model_card(slots.live(n)) for n in slots.names()]}
+        cards = [_model_card(slots.live(n)) for n in slots.names()]
+        cards += [_model_card(slots.live(n), alias=a) for a, n in slots.aliases().items()]
+        return {"object": "list", "data": cards}
 
     @router.get("/v1/models/{name:path}", dependencies=[require_user])
     async def get_model(name: str, request: Request):
@@ -235,7 +242,7 @@ def _openai_router() -> APIRouter:
             from serving.errors import ModelNotFound
 
             raise ModelNotFound(name, slots.names())
-        return _model_card(live)
+        return _model_card(live, alias=name if name != live.name else None)
 
     return router
 

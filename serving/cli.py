@@ -41,7 +41,8 @@ def serve(
                                              help="OpenVINO KV cache per engine, GB (default: the engine "
                                              "manifest's runtime.scheduler.cache_size, 1 GB)."),
     registry: bool = typer.Option(False, "--registry",
-                                  help="Also serve each registered model's 'production' alias and swap when it moves."),
+                                  help="Also serve each registered model's 'production' alias (as ORG--NAME, and "
+                                       "as NAME where no other registered model has that NAME); swap when it moves."),
     log_prompts: bool = typer.Option(False, "--log-prompts", help="Log prompt text (off by default)."),
     swap_timeout: float = typer.Option(600.0, "--swap-timeout", min=0.001,
                                        help="Seconds an engine may take to load and warm up in a swap."),

@@ -51,11 +51,13 @@ class RegistryFollower:
                  registry: Any | None = None):
         try:
             from registry.client import Registry
+            from registry.names import short_aliases
             from registry.watch import AliasWatcher
         except ModuleNotFoundError as exc:
             raise ServingError(f"--registry needs the registry package ({exc.name} is missing)",
                                "serve explicit engines with --engine NAME=DIR") from None
         self._watcher_class = AliasWatcher
+        self._short_aliases = short_aliases
         self.registry = registry or Registry(settings)
         self.interval = interval
         self.max_backoff = max_backoff
@@ -85,9 +87,12 @@ class RegistryFollower:
         async def on_change(name: str, version: str, engine_dir: Path) -> None:
             await slots.swap(name, engine_dir, version=version)
 
+        def on_names(names: list[str]) -> None:  # short names, where no two registered models share one
+            slots.set_aliases(self._short_aliases(names))
+
         self.watcher = self._watcher_class(self.registry, alias="production", interval=self.interval,
                                            max_backoff=self.max_backoff, on_change=on_change,
-                                           on_failure=self._on_failure)
+                                           on_failure=self._on_failure, on_names=on_names)
         await self.watcher.start()
 
     async def stop(self, app) -> None:
