@@ -13,6 +13,7 @@ import pytest
 from builders.manifest import read_manifest
 from onramp.reference import PARIS_QUESTION
 from registry.client import Registry
+from registry.names import registered_name
 from serving.auth import create_key
 from serving.process import run_onramp_serve
 
@@ -47,10 +48,12 @@ def _until(check, what: str, server, timeout: float = 240.0):
 
 @pytest.mark.slow
 def test_broken_production_version_backs_off_and_is_reported(ov_int8_engine, make_engine, tmp_path):
-    name = read_manifest(ov_int8_engine).name
+    manifest = read_manifest(ov_int8_engine)
+    name = registered_name(manifest.source.repo, manifest.name)  # the registered model: the full repo id
     reg = Registry()
     v1 = reg.register(ov_int8_engine, gate_passed=True)
-    v2 = reg.register(make_engine("broken", name=name), gate_passed=True)  # a valid manifest, no real model
+    broken = make_engine("broken", name=manifest.name, repo=manifest.source.repo)  # a valid manifest, no model
+    v2 = reg.register(broken, gate_passed=True)
     v3 = reg.register(ov_int8_engine, gate_passed=False)
     reg.promote(name, v1)
     keys_file = tmp_path / "keys.json"
