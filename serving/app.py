@@ -31,6 +31,7 @@ from serving.metrics import CONTENT_TYPE_LATEST, Metrics
 from serving.protocol import ChatCompletionRequest, CompletionRequest, SwapRequest
 from serving.service import OpenAIService
 from serving.slots import Slots
+from serving.usage import UsageMeter, current_key, usage_file
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class ServeConfig(BaseModel):
     log_prompts: bool = False
     default_max_tokens: int | None = Field(
         default=None, ge=1, description="cap for requests that set no max_tokens (default: the context left)")
+    max_n: int = Field(8, ge=1, le=128, description="most choices (n) one request may ask for")
     resolve_version: Callable[..., Path] | None = Field(
         default=None, description="(name, registry version, force=) -> engine dir, for swaps by version")
     swap_roots: list[Path] = Field(
@@ -156,7 +158,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 def _require(scope: str):
     async def check(request: Request) -> None:
         keys: KeyStore = request.app.state.keys
-        keys.check(request.headers.get("authorization"), scope)
+        current_key.set(keys.check(request.headers.get("authorization"), scope))  # usage is billed to it
 
     return check
 
@@ -346,8 +348,11 @@ def build_app(config: ServeConfig | Any | None = None, *, slots: Slots | None = 
     app.state.slots = slots
     app.state.metrics = metrics
     app.state.keys = keys
+    usage = UsageMeter(metrics.registry, usage_file(config.keys_file) if config.keys_file and config.auth else None)
+    app.state.usage = usage
     app.state.service = OpenAIService(slots, metrics, log_prompts=config.log_prompts,
-                                      default_max_tokens=config.default_max_tokens)
+                                      default_max_tokens=config.default_max_tokens, usage=usage,
+                                      max_n=config.max_n)
     _install_error_handlers(app)
     app.add_middleware(_BodyLimit)
     app.include_router(_openai_router())

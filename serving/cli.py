@@ -44,6 +44,7 @@ def serve(
                                   help="Also serve each registered model's 'production' alias (as ORG--NAME, and "
                                        "as NAME where no other registered model has that NAME); swap when it moves."),
     log_prompts: bool = typer.Option(False, "--log-prompts", help="Log prompt text (off by default)."),
+    max_n: int = typer.Option(8, "--max-n", min=1, max=128, help="Most choices (n) one request may ask for."),
     swap_timeout: float = typer.Option(600.0, "--swap-timeout", min=0.001,
                                        help="Seconds an engine may take to load and warm up in a swap."),
     registry_poll: float = typer.Option(5.0, "--registry-poll", min=0.01,
@@ -78,7 +79,7 @@ def serve(
                              engine_options={"cache_size_gb": cache_size_gb} if cache_size_gb else {},
                              log_prompts=log_prompts,
                              resolve_version=resolver, default_max_tokens=default_max_tokens,
-                             swap_roots=swap_roots, swap_timeout_s=swap_timeout)
+                             swap_roots=swap_roots, swap_timeout_s=swap_timeout, max_n=max_n)
         app = build_app(config, startup_hooks=hooks_start, shutdown_hooks=hooks_stop, settings=settings)
     except OnrampError as err:
         fail(err)
@@ -99,6 +100,8 @@ def keys_create(
     name: str = typer.Argument(..., help="A name for the key (who or what uses it)."),
     admin: bool = typer.Option(False, "--admin", help="Also allow the admin endpoints (swap)."),
     keys_file: Path | None = typer.Option(None, "--keys-file", help="Default: ONRAMP_KEYS_FILE."),
+    rpm: int | None = typer.Option(None, "--rpm", help="Requests per minute this key may send (default: no limit)."),
+    tpm: int | None = typer.Option(None, "--tpm", help="Prompt + completion tokens per minute (default: no limit)."),
 ) -> None:
     """Create a key; it is printed once and only its sha256 is stored."""
     from onramp.cli import fail
@@ -108,7 +111,7 @@ def keys_create(
 
     try:
         settings = load_settings(keys_file=keys_file)
-        raw = create_key(settings.keys_file, name, admin=admin)
+        raw = create_key(settings.keys_file, name, admin=admin, rpm=rpm, tpm=tpm)
     except OnrampError as err:
         fail(err)
     typer.secho(f"key {name!r} stored (hashed) in {settings.keys_file}; it is shown only now:", err=True)
@@ -117,16 +120,21 @@ def keys_create(
 
 @keys_app.command("list")
 def keys_list(keys_file: Path | None = typer.Option(None, "--keys-file")) -> None:
-    """List key names and scopes (never the keys)."""
+    """List key names, scopes, limits and usage so far (never the keys)."""
     from onramp.cli import fail
     from onramp.errors import OnrampError
     from onramp.settings import load_settings
     from serving.auth import list_keys
+    from serving.usage import read_usage, usage_file
 
     try:
         settings = load_settings(keys_file=keys_file)
+        usage = read_usage(usage_file(settings.keys_file))
+        typer.echo("name\tscopes\trpm\ttpm\trequests\tprompt_tokens\tcompletion_tokens")
         for key in list_keys(settings.keys_file):
-            typer.echo(f"{key.name}\t{','.join(key.scopes)}")
+            u = usage.get(key.name, {})
+            typer.echo(f"{key.name}\t{','.join(key.scopes)}\t{key.rpm or '-'}\t{key.tpm or '-'}\t"
+                       f"{u.get('requests', 0)}\t{u.get('prompt_tokens', 0)}\t{u.get('completion_tokens', 0)}")
     except OnrampError as err:
         fail(err)
 
