@@ -611,6 +611,10 @@ class Registry:
         version = self.alias_version(name, PRODUCTION)
         return None if version is None else self._info(self._version(name, version))
 
+    def version_info(self, name: str, version_or_alias: str | int) -> VersionInfo:
+        """One version (a number or an alias) with its tags; ``.gate`` says whether it passed."""
+        return self._info(self._version(name, version_or_alias))
+
     def _history(self, name: str) -> list[str]:
         model = self.client.get_registered_model(name)
         raw = model.tags.get(HISTORY_TAG)

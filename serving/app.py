@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving import admin
 from serving.auth import ADMIN, USER, KeyStore
 from serving.errors import RequestError
 from serving.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -59,8 +60,11 @@ class ServeConfig(BaseModel):
     default_max_tokens: int | None = Field(
         default=None, ge=1, description="cap for requests that set no max_tokens (default: the context left)")
     max_n: int = Field(8, ge=1, le=128, description="most choices (n) one request may ask for")
-    resolve_version: Callable[[str, str], Path] | None = Field(
-        default=None, description="(name, registry version) -> engine dir, for swaps by version")
+    resolve_version: Callable[..., Path] | None = Field(
+        default=None, description="(name, registry version, force=) -> engine dir, for swaps by version")
+    swap_roots: list[Path] = Field(
+        default_factory=list, description="directories engine_dir swaps may load from (besides `engines`)")
+    swap_timeout_s: float = Field(600.0, gt=0, description="bound on an engine's load + warm-up in a swap")
 
 
 def error_response(status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
@@ -395,10 +399,16 @@ def _ops_router() -> APIRouter:
 
     @router.get("/readyz", responses={200: {"model": Readiness}, 503: {"model": Readiness}})
     async def readyz(request: Request):
+        """Each model's state; errors, paths and the registry follower's backoff with the admin key."""
         slots: Slots = request.app.state.slots
-        status = [s.__dict__ for s in slots.status()]
-        ready = bool(status) and all(s["state"] == "ready" for s in status)
-        return JSONResponse({"status": "ready" if ready else "not ready", "models": status},
+        status = slots.status()
+        ready = bool(status) and all(s.state == "ready" for s in status)
+        try:
+            request.app.state.keys.check(request.headers.get("authorization"), ADMIN)
+            models = admin.detailed_status(slots, getattr(request.app.state, "follower", None))
+        except RequestError:
+            models = admin.public_status(status)
+        return JSONResponse({"status": "ready" if ready else "not ready", "models": models},
                             status_code=200 if ready else 503)
 
     @router.get("/metrics", response_class=PlainTextResponse)
@@ -413,25 +423,13 @@ def _admin_router() -> APIRouter:
 
     @router.get("/models", responses={200: {"model": AdminModels}})
     async def admin_models(request: Request):
-        slots: Slots = request.app.state.slots
-        return {"models": [s.__dict__ | {"inflight": slots.inflight(s.name)} for s in slots.status()]}
+        return {"models": admin.detailed_status(request.app.state.slots, getattr(request.app.state, "follower", None))}
 
     @router.post("/models/{name}/swap", responses={200: {"model": SwapResponse}, 404: _ERROR})
     async def swap(name: str, body: SwapRequest, request: Request):
         slots: Slots = request.app.state.slots
         config: ServeConfig = request.app.state.config
-        engine_dir = body.engine_dir
-        if engine_dir is None:
-            if config.resolve_version is None:
-                raise RequestError("swapping by version needs a registry: start the server with --registry, "
-                                   "or give engine_dir", param="version")
-            try:
-                engine_dir = str(await asyncio.to_thread(config.resolve_version, name, body.version))
-            except RequestError:
-                raise
-            except Exception as err:  # noqa: BLE001 - registry errors carry their own fix
-                raise RequestError(f"cannot fetch {name} version {body.version}: {err}", param="version",
-                                   code="version_not_found", status=404) from None
+        engine_dir = await admin.swap_target(config, name, body.engine_dir, body.version, force=body.force)
         previous = slots.live(name)
         t0 = time.perf_counter()
         live = await slots.swap(name, engine_dir, version=body.version)
@@ -462,7 +460,8 @@ def build_app(config: ServeConfig | Any | None = None, *, slots: Slots | None = 
         settings = settings or config
         config = ServeConfig(keys_file=getattr(config, "keys_file", None))
     metrics = slots.metrics if slots is not None else Metrics()
-    slots = slots or Slots(metrics=metrics, max_queue=config.max_queue, engine_options=config.engine_options)
+    slots = slots or Slots(metrics=metrics, max_queue=config.max_queue, engine_options=config.engine_options,
+                           swap_timeout_s=config.swap_timeout_s)
     keys = keys or KeyStore.load(config.keys_file, enabled=config.auth)
 
     @asynccontextmanager

@@ -45,6 +45,13 @@ def serve(
                                        "as NAME where no other registered model has that NAME); swap when it moves."),
     log_prompts: bool = typer.Option(False, "--log-prompts", help="Log prompt text (off by default)."),
     max_n: int = typer.Option(8, "--max-n", min=1, max=128, help="Most choices (n) one request may ask for."),
+    swap_timeout: float = typer.Option(600.0, "--swap-timeout", min=0.001,
+                                       help="Seconds an engine may take to load and warm up in a swap."),
+    registry_poll: float = typer.Option(5.0, "--registry-poll", min=0.01,
+                                        help="With --registry: seconds between polls of the production aliases."),
+    registry_max_backoff: float = typer.Option(
+        300.0, "--registry-max-backoff", min=0.01,
+        help="With --registry: longest wait before retrying a production version that failed to load."),
 ) -> None:
     """Serve engines behind the OpenAI- and pplx-compatible API."""
     from onramp.cli import fail
@@ -61,12 +68,18 @@ def serve(
         from serving.app import ServeConfig, build_app
 
         hooks_start, hooks_stop, resolver = [], [], None
+        swap_roots = [settings.engines_dir, settings.home / "registry" / "cache"]
         if registry:
-            hooks_start, hooks_stop, resolver = _registry_hooks(settings)
+            from serving.follow import RegistryFollower
+
+            follower = RegistryFollower(settings, interval=registry_poll, max_backoff=registry_max_backoff)
+            hooks_start, hooks_stop, resolver = [follower.start], [follower.stop], follower.resolve
+            swap_roots.append(follower.cache_dir)
         config = ServeConfig(engines=engines, auth=not no_auth, keys_file=settings.keys_file, max_queue=max_queue,
                              engine_options={"cache_size_gb": cache_size_gb} if cache_size_gb else {},
                              log_prompts=log_prompts,
-                             resolve_version=resolver, default_max_tokens=default_max_tokens, max_n=max_n)
+                             resolve_version=resolver, default_max_tokens=default_max_tokens,
+                             swap_roots=swap_roots, swap_timeout_s=swap_timeout, max_n=max_n)
         app = build_app(config, startup_hooks=hooks_start, shutdown_hooks=hooks_stop, settings=settings)
     except OnrampError as err:
         fail(err)
@@ -80,43 +93,6 @@ def serve(
     typer.secho(f"serving {', '.join(engines) or '(registry)'} on http://{settings.api_host}:{settings.api_port} "
                 f"(auth {'off' if no_auth else 'on'}); GET /readyz says when the engines are live", err=True)
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="info")
-
-
-def _registry_hooks(settings):
-    """Wire registry.watch.AliasWatcher when the registry package provides it."""
-    from serving.errors import ServingError
-
-    try:
-        from registry.client import Registry
-        from registry.names import short_aliases
-        from registry.watch import AliasWatcher
-    except ModuleNotFoundError as exc:
-        raise ServingError(f"--registry needs registry.watch ({exc.name} is missing)",
-                           "serve explicit engines with --engine NAME=DIR") from None
-    reg = Registry(settings)
-    state: dict = {}
-
-    async def start(app):
-        slots = app.state.slots
-
-        async def on_change(name: str, version: str, engine_dir: Path) -> None:
-            await slots.swap(name, engine_dir, version=version)
-
-        def on_names(names: list[str]) -> None:  # short names, where no two registered models share one
-            slots.set_aliases(short_aliases(names))
-
-        watcher = AliasWatcher(reg, alias="production", on_change=on_change, on_names=on_names)
-        state["watcher"] = watcher
-        await watcher.start()
-
-    async def stop(app):
-        if "watcher" in state:
-            await state["watcher"].stop()
-
-    def resolve(name: str, version: str) -> Path:
-        return Path(reg.fetch(name, version))
-
-    return [start], [stop], resolve
 
 
 @keys_app.command("create")

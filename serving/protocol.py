@@ -228,6 +228,7 @@ class SwapRequest(_TopRequest):
         {"required": ["version"], "properties": {"version": {"type": "string", "minLength": 1}}}]})
     engine_dir: str | None = None
     version: str | None = None
+    force: bool = Field(default=False, description="swap to a registry version whose gate did not pass")
 
     @model_validator(mode="after")
     def _something(self):

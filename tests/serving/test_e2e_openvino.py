@@ -372,7 +372,8 @@ async def test_swap_under_concurrent_streaming_load(server, engine_copy):
         assert metric(metrics, "onramp_inter_token_latency_seconds_count", model=LAUNCH_MODEL) > 0
         assert metric(metrics, "onramp_completion_tokens_total", model=LAUNCH_MODEL) > 0
         # a failed swap leaves the live engine serving, and says why
-        bad = await admin.post(f"/admin/models/{LAUNCH_MODEL}/swap", json={"engine_dir": "/nonexistent/engine"})
+        missing = str(engine_copy.parent / "nonexistent")  # inside the engines dir, so swaps may try it
+        bad = await admin.post(f"/admin/models/{LAUNCH_MODEL}/swap", json={"engine_dir": missing})
         assert bad.status_code == 400 and "does not exist" in bad.json()["error"]["message"]
         ok = await client.post("/v1/chat/completions", json={"model": LAUNCH_MODEL, "messages": QUESTION,
                                                               "max_tokens": 3})

@@ -36,14 +36,14 @@ class Loader:
 
 
 @pytest.fixture
-async def server(tmp_path, ov_int8_engine):
+async def server(tmp_path, ov_int8_engine, engine_copy):
     keys_file = tmp_path / "keys.json"
     user = create_key(keys_file, "alice")
     admin = create_key(keys_file, "ops", admin=True)
     loader = Loader()
     slots = Slots(loader=loader, max_queue=2, engine_options=ENGINE_OPTIONS)
     await slots.swap(MODEL, ov_int8_engine, version="v1")
-    app = build_app(ServeConfig(keys_file=keys_file), slots=slots)
+    app = build_app(ServeConfig(keys_file=keys_file, swap_roots=[engine_copy.parent, tmp_path]), slots=slots)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120,
                                  headers={"Authorization": f"Bearer {user}"}) as client:
