@@ -306,6 +306,27 @@ def register(registry: Any, engine_dir: Path, *, run_id: str | None, gate_passed
     return name, version, True
 
 
+class PromoteOutcome(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    promoted: bool
+    previous: str | None = None
+    reason: str = ""
+
+
+def promote(registry: Any, name: str, version: str) -> PromoteOutcome:
+    """Promote ``version`` unless production already holds a newer Hub revision (then it is a normal
+    outcome, not a failure: a newer onboarding of the same repo won the race)."""
+    from registry.errors import StalePromotionError
+
+    try:
+        previous = registry.promote(name, version)
+    except StalePromotionError as exc:
+        log.info("not promoting %s version %s: %s", name, version, exc.what)
+        return PromoteOutcome(promoted=False, reason=exc.what)
+    return PromoteOutcome(promoted=True, previous=previous)
+
+
 def tracking_links(registry: Any, name: str, version: str, run_id: str | None, ui: str | None) -> dict[str, str]:
     """Links to the MLflow run and model version (UI links when an MLflow server is up)."""
     links: dict[str, str] = {}
