@@ -209,6 +209,7 @@ def _model_lock(registry: Registry, name: str) -> Iterator[_Holder]:
     client, lock_name = registry.client, name + LOCK_SUFFIX
     token = uuid.uuid4().hex
     deadline = time.monotonic() + registry.lock_timeout_s
+    tagless_since: float | None = None
     while True:
         tags = {"onramp.lock_token": token, "onramp.lock_expires": f"{time.time() + registry.lock_lease_s:.3f}",
                 "onramp.lock_holder": f"{socket.gethostname()}:{os.getpid()}"}
@@ -223,7 +224,15 @@ def _model_lock(registry: Registry, name: str) -> Iterator[_Holder]:
             held = client.get_registered_model(lock_name)
         except MlflowException:
             continue  # released meanwhile
-        expires = float((held.tags or {}).get("onramp.lock_expires") or 0)
+        raw_expires = (held.tags or {}).get("onramp.lock_expires")
+        if raw_expires is None:
+            # a lock is created with its tags in one transaction; one read without them was read while
+            # being deleted (MLflow loads a model and its tags in two queries): wait, but not forever
+            tagless_since = tagless_since or time.monotonic()
+            expires = time.time() + 1 if time.monotonic() - tagless_since < registry.lock_lease_s else 0.0
+        else:
+            tagless_since = None
+            expires = float(raw_expires)
         if time.time() > expires:
             log.warning("%s: breaking the production lock of %s (lease ran out)", name,
                         (held.tags or {}).get("onramp.lock_holder", "?"))
