@@ -77,6 +77,13 @@ def pull(repo: str, revision: str, settings: Settings) -> tuple[Path, str]:
     return hub_pull(repo, revision, endpoint=settings.hf_endpoint, cache_dir=settings.cache_dir / "hub")
 
 
+def revision_date(repo: str, sha: str, settings: Settings) -> str | None:
+    """The commit date of ``repo@sha`` on the Hub (tagged on the model version as ``hf_revision_date``)."""
+    from onramp.hub import revision_date as hub_revision_date
+
+    return hub_revision_date(repo, sha, endpoint=settings.hf_endpoint)
+
+
 # ------------------------------------------------------------------------------ plan
 
 def default_precision(kind: str, model_dtype: str) -> str:
