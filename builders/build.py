@@ -32,7 +32,7 @@ from collections.abc import Callable
 from builders.backends import get_backend
 from builders.errors import CheckpointError, ManifestError
 from builders.facts import ModelFacts, inspect_checkpoint
-from builders.manifest import Layout, Manifest, Source, hash_files, now_utc, read_manifest, sha256_file, \
+from builders.manifest import Layout, Manifest, Runtime, Source, hash_files, now_utc, read_manifest, sha256_file, \
     verify_files, write_manifest
 from onramp.files import write_text_atomic
 
@@ -78,9 +78,11 @@ def checkpoint_digest(checkpoint: Path, memo_dir: Path | None = None) -> str:
 
 
 def compute_build_id(source_key: str, layout: Layout, backend: str, backend_version: str,
-                     toolchain: dict[str, str]) -> str:
+                     toolchain: dict[str, str], runtime: Runtime | None = None) -> str:
     payload = {"source": source_key, "layout": layout.model_dump(), "backend": backend,
                "backend_version": backend_version, "toolchain": dict(sorted(toolchain.items()))}
+    if runtime is not None and (runtime.properties or runtime.scheduler):
+        payload["runtime"] = runtime.model_dump()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -143,6 +145,7 @@ class BuildRequest:
     layout: Layout
     backend_version: str
     toolchain: dict[str, str]
+    runtime: Runtime
     build_id: str
     name: str
     out_root: Path
@@ -153,6 +156,9 @@ class BuildRequest:
         lines = [f"engine: {self.final}", f"build id: {self.build_id}",
                  f"backend: {self.impl.name} {self.backend_version}",
                  "layout: " + ", ".join(f"{k}={v}" for k, v in self.layout.model_dump().items()),
+                 "runtime properties: " + (", ".join(f"{k}={v}" for k, v in self.runtime.properties.items())
+                                           or "none"),
+                 "scheduler: " + (", ".join(f"{k}={v}" for k, v in self.runtime.scheduler.items()) or "none"),
                  f"status: {'built' if finished_build(self.final, self.build_id) else 'not built'}",
                  "commands (run in a temp dir, renamed into place when done):"]
         text = self.impl.commands_text(self.checkpoint, self.out_root / f".tmp-{self.final.name}-XXXX",
@@ -163,7 +169,7 @@ class BuildRequest:
 def prepare_build(source: str | Path, *, backend: str = "openvino", quant: str = "int8",
                   out_root: Path | None = None, repo: str | None = None, revision: str | None = None,
                   layout: Layout | None = None, hardware: str | None = None, tp: int | None = None,
-                  settings=None) -> BuildRequest:
+                  settings=None, runtime_precision: str | None = None) -> BuildRequest:
     """Resolve the source (pulling a Hub repo), check it, pick the layout and compute the build id."""
     from onramp.settings import load_settings
 
@@ -177,23 +183,27 @@ def prepare_build(source: str | Path, *, backend: str = "openvino", quant: str =
         layout = choose_layout(facts, hardware, quant, tp)
     layout = layout or impl.default_layout(facts, quant)
     backend_version, toolchain = impl.version(), impl.toolchain()
+    default_runtime = getattr(impl, "default_runtime", None)
+    runtime = Runtime.model_validate(default_runtime(layout, runtime_precision) if default_runtime else {})
     out_root = Path(out_root or settings.engines_dir).expanduser().resolve()
     if revision and _SHA.match(revision):
         source_key = f"sha:{revision}"
     else:
         source_key = f"content:{checkpoint_digest(checkpoint, memo_dir=out_root / '.digests')}"
-    build_id = compute_build_id(source_key, layout, impl.name, backend_version, toolchain)
+    build_id = compute_build_id(source_key, layout, impl.name, backend_version, toolchain, runtime)
     name = served_name(repo or checkpoint.name)
     final = out_root / engine_dir_name(name, layout, impl.name, build_id)
     return BuildRequest(impl=impl, checkpoint=checkpoint, repo=repo, revision=revision, facts=facts,
-                        layout=layout, backend_version=backend_version, toolchain=toolchain, build_id=build_id,
+                        layout=layout, backend_version=backend_version, toolchain=toolchain, runtime=runtime,
+                        build_id=build_id,
                         name=name, out_root=out_root, final=final)
 
 
 def build_engine(source: str | Path, *, backend: str = "openvino", quant: str = "int8",
                  out_root: Path | None = None, repo: str | None = None, revision: str | None = None,
                  layout: Layout | None = None, hardware: str | None = None, tp: int | None = None,
-                 settings=None, progress: Callable[[str], None] | None = None) -> Path:
+                 settings=None, progress: Callable[[str], None] | None = None,
+                 runtime_precision: str | None = None) -> Path:
     """Build (or find already built) the engine of ``source`` and return its directory.
 
     ``source``: a local checkpoint directory or a Hub repo id. ``repo``/``revision`` name
@@ -206,7 +216,8 @@ def build_engine(source: str | Path, *, backend: str = "openvino", quant: str = 
 
     say = progress or (lambda msg: log.info("%s", msg))
     req = prepare_build(source, backend=backend, quant=quant, out_root=out_root, repo=repo, revision=revision,
-                        layout=layout, hardware=hardware, tp=tp, settings=settings)
+                        layout=layout, hardware=hardware, tp=tp, settings=settings,
+                        runtime_precision=runtime_precision)
     impl, checkpoint, repo, revision, facts, layout = (req.impl, req.checkpoint, req.repo, req.revision,
                                                        req.facts, req.layout)
     backend_version, toolchain, build_id, name, out_root, final = (req.backend_version, req.toolchain, req.build_id,
@@ -237,7 +248,7 @@ def build_engine(source: str | Path, *, backend: str = "openvino", quant: str = 
             manifest = Manifest(
                 name=name, source=Source(repo=repo, revision=revision, path=str(checkpoint)),
                 backend=impl.name, backend_version=backend_version, builder_version=__version__,
-                toolchain=toolchain, layout=layout, build_id=build_id, files=hash_files(tmp),
+                toolchain=toolchain, layout=layout, runtime=req.runtime, build_id=build_id, files=hash_files(tmp),
                 build_seconds=seconds, host=socket.gethostname(), created=now_utc(),
             )
             write_manifest(tmp, manifest)

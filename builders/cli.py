@@ -51,6 +51,10 @@ def register(app: typer.Typer) -> None:
                                             "target (a100-40gb, a100-80gb, h100-80gb, cpu)."),
         tp: int | None = typer.Option(None, "--tp", help="With --hardware: this tensor-parallel size "
                                       "(default: the smallest that fits)."),
+        runtime_precision: str | None = typer.Option(None, "--runtime-precision",
+                                                     help="openvino: the compute precision recorded in the manifest "
+                                                     "and used by every loader: f32 (default) or bf16 (faster on "
+                                                     "CPUs with BF16, lossier: a layout of its own for the gates)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the engine dir, build id, layout and the "
                                      "commands a build runs, and build nothing."),
     ) -> None:
@@ -65,10 +69,11 @@ def register(app: typer.Typer) -> None:
         try:
             if dry_run:
                 typer.echo(prepare_build(source, backend=backend, quant=quant, out_root=out, repo=repo,
-                                         revision=revision, hardware=hardware, tp=tp).describe())
+                                         revision=revision, hardware=hardware, tp=tp,
+                                         runtime_precision=runtime_precision).describe())
                 return
             path = build_engine(source, backend=backend, quant=quant, out_root=out, repo=repo, revision=revision,
-                                hardware=hardware, tp=tp, progress=progress)
+                                hardware=hardware, tp=tp, progress=progress, runtime_precision=runtime_precision)
         except OnrampError as err:
             fail(err)
         typer.echo(str(path))

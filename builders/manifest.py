@@ -52,6 +52,14 @@ class FileEntry(_Strict):
     size: int = Field(ge=0)
 
 
+class Runtime(_Strict):
+    """How the engine is loaded: backend properties that change numerics or speed, and scheduler
+    settings. Chosen at build time and honoured by every loader (serving, evals, benchmarks)."""
+
+    properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    scheduler: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+
 class Manifest(_Strict):
     schema_: int = Field(SCHEMA, alias="schema")
     name: str
@@ -62,6 +70,7 @@ class Manifest(_Strict):
     toolchain: dict[str, str] = Field(default_factory=dict,
                                       description="Versions of the packages that produced the files.")
     layout: Layout
+    runtime: Runtime = Field(default_factory=Runtime)
     build_id: str
     files: dict[str, FileEntry]
     build_seconds: float

@@ -99,6 +99,15 @@ class OpenVINOBackend:
         return Layout(hardware="cpu", tp=1, pp=1, dtype=facts.dtype, quantization=quant,
                       max_batch=32, max_input_len=max_seq // 2, max_seq_len=max_seq)
 
+    def default_runtime(self, layout: Layout, precision: str | None = None) -> dict:
+        """Explicit OpenVINO properties and scheduler settings (never the device's defaults)."""
+        from builders.ov_runtime import default_runtime
+
+        try:
+            return default_runtime(precision or "f32")
+        except ValueError as exc:
+            raise BuilderError(str(exc), "pass --runtime-precision f32 (default) or bf16") from None
+
     def commands_text(self, checkpoint: Path, out_dir: Path, layout: Layout, facts: ModelFacts) -> str:
         import shlex
 

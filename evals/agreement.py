@@ -66,7 +66,9 @@ def candidate_texts_openvino(engine_dir: Path, prompts: list[str], k: int) -> li
     import openvino_genai as og
 
     try:
-        pipe = og.LLMPipeline(str(engine_dir), "CPU")
+        from builders.ov_runtime import load_properties
+
+        pipe = og.LLMPipeline(str(engine_dir), "CPU", **load_properties(engine_dir))
     except Exception as exc:  # openvino raises RuntimeError with a long log
         raise EvalError(f"OpenVINO GenAI cannot load {engine_dir}: {str(exc).splitlines()[0][:300]}",
                         "rebuild the engine (onramp build ...)") from exc

@@ -331,7 +331,13 @@ def run_quality(engine_dir: str | Path, reference_dir: str | Path, profile: str 
             cand = run_lm_eval("local-chat-completions", args, prof, tasks_dir, tasks=(GSM8K_TASK,))
             texts = candidate_texts_endpoint(base, model, prompts, prof.agreement_k, api_key=api_key)
         else:
-            cand = run_lm_eval("openvino", {"pretrained": str(engine_dir)}, prof, tasks_dir)
+            from builders.ov_runtime import load_properties
+
+            # the engine's recorded runtime properties, never the device defaults (lm-eval reads a file)
+            ov_config = Path(tmp) / "ov_config.json"
+            ov_config.write_text(json.dumps(load_properties(engine_dir)))
+            cand = run_lm_eval("openvino", {"pretrained": str(engine_dir), "ov_config": str(ov_config)},
+                               prof, tasks_dir)
             texts = candidate_texts_openvino(engine_dir, prompts, prof.agreement_k)
     agreement = compare(reference_dir, ref.greedy_texts, texts, prof.agreement_k)
     return QualityReport(

@@ -16,6 +16,7 @@ waiting for a swap, following flow runs) are the functions the end-to-end tests 
 
 from __future__ import annotations
 
+from onramp.reference import PARIS_QUESTION
 import os
 import shutil
 import sys
@@ -26,7 +27,7 @@ from flows.errors import FlowsError
 from onramp.settings import Settings, load_settings
 
 REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
-QUESTION = "What is the capital of France?"
+QUESTION = PARIS_QUESTION
 
 
 class Clock:

@@ -26,6 +26,9 @@ PACKAGE_VERSION = "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "SmolLM2-135M-Instruct"
 HUB_REPO_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# a question the reference answers "...Paris." with a wide margin at every token (the plain "What is the
+# capital of France?" is a near tie at its first token: 0.155 vs 0.140), so any faithful runtime says Paris
+PARIS_QUESTION = "What is the capital of France? Answer in one sentence."
 _DONE = ".onramp-reference-complete"
 
 

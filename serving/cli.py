@@ -37,7 +37,9 @@ def serve(
     max_queue: int = typer.Option(128, "--max-queue", help="Requests waiting + running per model; beyond: 429."),
     default_max_tokens: int | None = typer.Option(
         None, "--default-max-tokens", help="Cap for requests that set no max_tokens (default: the context left)."),
-    cache_size_gb: int = typer.Option(1, "--cache-size-gb", help="OpenVINO KV cache per engine, GB."),
+    cache_size_gb: int | None = typer.Option(None, "--cache-size-gb",
+                                             help="OpenVINO KV cache per engine, GB (default: the engine "
+                                             "manifest's runtime.scheduler.cache_size, 1 GB)."),
     registry: bool = typer.Option(False, "--registry",
                                   help="Also serve each registered model's 'production' alias and swap when it moves."),
     log_prompts: bool = typer.Option(False, "--log-prompts", help="Log prompt text (off by default)."),
@@ -60,7 +62,8 @@ def serve(
         if registry:
             hooks_start, hooks_stop, resolver = _registry_hooks(settings)
         config = ServeConfig(engines=engines, auth=not no_auth, keys_file=settings.keys_file, max_queue=max_queue,
-                             engine_options={"cache_size_gb": cache_size_gb}, log_prompts=log_prompts,
+                             engine_options={"cache_size_gb": cache_size_gb} if cache_size_gb else {},
+                             log_prompts=log_prompts,
                              resolve_version=resolver, default_max_tokens=default_max_tokens)
         app = build_app(config, startup_hooks=hooks_start, shutdown_hooks=hooks_stop, settings=settings)
     except OnrampError as err:

@@ -92,8 +92,9 @@ class OpenVINOEngine:
     backend = "openvino"
 
     def __init__(self, engine_dir: Path | str, *, name: str, version: str = "", max_context: int = 2048,
-                 max_num_seqs: int = 32, cache_size_gb: int = 1, device: str = "CPU",
-                 max_num_batched_tokens: int | None = None, backend_version: str = ""):
+                 max_num_seqs: int = 32, cache_size_gb: int | None = None, device: str = "CPU",
+                 max_num_batched_tokens: int | None = None, backend_version: str = "",
+                 properties: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None):
         try:
             import openvino_genai as ov_genai
         except ImportError as exc:  # pragma: no cover - installed with onramp
@@ -103,17 +104,26 @@ class OpenVINOEngine:
         self.engine_dir = Path(engine_dir)
         try:
             self._ov_tokenizer = ov_genai.Tokenizer(str(self.engine_dir))
-            sched = ov_genai.SchedulerConfig()
-            sched.cache_size = int(cache_size_gb)
-            sched.max_num_seqs = int(max_num_seqs)
-            sched.dynamic_split_fuse = True
-            sched.enable_prefix_caching = False
+            from builders.ov_runtime import load_properties, scheduler_settings
+
+            # the manifest's runtime, never the device's defaults (bf16 on some CPUs changes answers)
+            self.properties = dict(properties) if properties is not None else load_properties(self.engine_dir)
+            sched_fields = dict(scheduler) if scheduler is not None else scheduler_settings(self.engine_dir)
+            if cache_size_gb is not None:
+                sched_fields["cache_size"] = cache_size_gb
             if max_num_batched_tokens:
-                sched.max_num_batched_tokens = int(max_num_batched_tokens)
-            self._pipe = ov_genai.ContinuousBatchingPipeline(str(self.engine_dir), self._ov_tokenizer, sched, device)
+                sched_fields["max_num_batched_tokens"] = max_num_batched_tokens
+            sched_fields["max_num_seqs"] = int(max_num_seqs)
+            sched = ov_genai.SchedulerConfig()
+            for key, value in sched_fields.items():
+                if value is not None:
+                    setattr(sched, key, value)
+            self._pipe = ov_genai.ContinuousBatchingPipeline(str(self.engine_dir), self._ov_tokenizer, sched, device,
+                                                             **self.properties)
         except Exception as exc:
             raise EngineLoadError(f"OpenVINO could not load the engine in {self.engine_dir}: {exc}",
                                   "check that `onramp build --backend openvino` made it and it is complete") from None
+        log.info("engine %s loaded with %s", name, ", ".join(f"{k}={v}" for k, v in self.properties.items()))
         self._eos = self._ov_tokenizer.get_eos_token_id()
         template_file = self.engine_dir / "chat_template.jinja"
         self._chat_template = template_file.read_text() if template_file.is_file() else ""
@@ -159,6 +169,10 @@ class OpenVINOEngine:
         build_id = str(getattr(manifest, "build_id", "") or "")
         options.setdefault("version", build_id[:12])
         options.setdefault("backend_version", str(getattr(manifest, "backend_version", "") or ""))
+        from builders.ov_runtime import load_properties, scheduler_settings
+
+        options.setdefault("properties", load_properties(manifest))
+        options.setdefault("scheduler", scheduler_settings(manifest))
         return cls(engine_dir, name=name, **options)
 
     def describe(self) -> EngineInfo:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from onramp.reference import PARIS_QUESTION
 import json
 
 import pytest
 
 from builders import build_engine, read_manifest, verify_files
 from builders.errors import ManifestError
+from builders.ov_runtime import load_properties
 from onramp.reference import HUB_REPO_ID
 
 
@@ -17,9 +19,9 @@ from onramp.reference import HUB_REPO_ID
 def test_int8_engine_answers_paris(ov_int8_engine):
     import openvino_genai
 
-    pipe = openvino_genai.LLMPipeline(str(ov_int8_engine), "CPU")
+    pipe = openvino_genai.LLMPipeline(str(ov_int8_engine), "CPU", **load_properties(ov_int8_engine))
     tok = pipe.get_tokenizer()
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+    prompt = tok.apply_chat_template([{"role": "user", "content": PARIS_QUESTION}],
                                      add_generation_prompt=True)
     assert prompt.endswith("<|im_start|>assistant\n")  # the chat template travelled with the engine
     config = openvino_genai.GenerationConfig()
@@ -34,9 +36,10 @@ def test_int8_engine_runs_under_continuous_batching(ov_int8_engine):
 
     scheduler = openvino_genai.SchedulerConfig()
     scheduler.cache_size = 1  # GB of KV cache
-    pipe = openvino_genai.ContinuousBatchingPipeline(str(ov_int8_engine), scheduler, "CPU")
+    pipe = openvino_genai.ContinuousBatchingPipeline(str(ov_int8_engine), scheduler, "CPU",
+                                                     load_properties(ov_int8_engine))
     prompt = pipe.get_tokenizer().apply_chat_template(
-        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True)
+        [{"role": "user", "content": PARIS_QUESTION}], add_generation_prompt=True)
     config = openvino_genai.GenerationConfig()
     config.max_new_tokens = 16
     results = pipe.generate([prompt, prompt], [config, config])
@@ -54,6 +57,11 @@ def test_manifest_describes_the_engine(ov_int8_engine):
                  "openvino_detokenizer.xml", "chat_template.jinja", "config.json", "generation_config.json"):
         assert name in manifest.files
     assert manifest.build_seconds > 0
+    # numerics are chosen at build time, never left to the device (bf16 on CPUs with AVX-512 BF16)
+    assert manifest.runtime.properties["INFERENCE_PRECISION_HINT"] == "f32"
+    assert manifest.runtime.properties["KV_CACHE_PRECISION"] == "u8"
+    assert manifest.runtime.properties["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == 32
+    assert manifest.runtime.scheduler["enable_prefix_caching"] is False
     verify_files(ov_int8_engine, manifest)
 
 

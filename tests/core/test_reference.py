@@ -1,3 +1,4 @@
+from onramp.reference import PARIS_QUESTION
 import json
 import os
 import socket
@@ -26,7 +27,7 @@ def test_reference_model_answers_paris(reference_model):
 
     tok = AutoTokenizer.from_pretrained(reference_model)
     model = AutoModelForCausalLM.from_pretrained(reference_model, dtype=torch.float32)
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+    ids = tok.apply_chat_template([{"role": "user", "content": PARIS_QUESTION}],
                                   add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**ids, max_new_tokens=16, do_sample=False)
     answer = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -192,7 +192,11 @@ def mlflow_server(moto_s3, mlflow_db_template, tmp_path_factory):
 
 class FlakyProxy:
     """Forwards 127.0.0.1:port to the target; ``fail_after(n, for_s)`` drops every connection
-    once n bytes went upstream, refuses new ones for ``for_s`` seconds, then forwards again."""
+    once n bytes went upstream, refuses new ones for ``for_s`` seconds (``None``: until
+    :meth:`restore`), then forwards again. ``fired`` is set when the outage began.
+
+    Accepting a connection and starting an outage are serialized by one lock, so no connection
+    opened just before an outage survives it."""
 
     def __init__(self, target_port: int):
         self.target_port = target_port
@@ -203,6 +207,7 @@ class FlakyProxy:
         self.sent = 0
         self.trigger: tuple[int, float] | None = None
         self.outages = 0
+        self.fired = threading.Event()
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._closed = False
@@ -212,24 +217,29 @@ class FlakyProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def fail_after(self, nbytes: int, for_s: float) -> None:
+    def fail_after(self, nbytes: int, for_s: float | None) -> None:
         with self._lock:
             self.trigger = (self.sent + nbytes, for_s)
 
-    def _outage(self, for_s: float) -> None:
-        self.up.clear()
-        self.outages += 1
+    def restore(self) -> None:
+        self.up.set()
+
+    def _outage(self, for_s: float | None) -> None:
         with self._lock:
+            self.up.clear()
+            self.outages += 1
             conns, self._conns = set(self._conns), set()
+        self.fired.set()
         for conn in conns:
             try:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             conn.close()
-        timer = threading.Timer(for_s, self.up.set)
-        timer.daemon = True
-        timer.start()
+        if for_s is not None:
+            timer = threading.Timer(for_s, self.up.set)
+            timer.daemon = True
+            timer.start()
 
     def _accept(self) -> None:
         while not self._closed:
@@ -246,6 +256,10 @@ class FlakyProxy:
                 client.close()
                 continue
             with self._lock:
+                if not self.up.is_set():  # an outage began while this one was being connected
+                    client.close()
+                    upstream.close()
+                    continue
                 self._conns |= {client, upstream}
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from onramp.reference import PARIS_QUESTION
 import subprocess
 import time
 from pathlib import Path
@@ -50,7 +51,7 @@ def test_serve_registry_swaps_on_promote_and_rollback(ov_int8_engine, onramp_hom
         _wait_for(url, name, v1, proc, log)
         client = OpenAI(base_url=f"{url}/v1", api_key="unused")
         reply = client.chat.completions.create(
-            model=name, messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=12,
+            model=name, messages=[{"role": "user", "content": PARIS_QUESTION}], max_tokens=12,
             temperature=0)
         assert "Paris" in reply.choices[0].message.content
 

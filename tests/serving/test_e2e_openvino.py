@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from onramp.reference import PARIS_QUESTION
 import asyncio
 import json
 import time
@@ -15,7 +16,7 @@ from tests.serving.conftest import LAUNCH_MODEL, MAX_QUEUE, WIRE_MODEL
 
 pytestmark = pytest.mark.slow
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION = [{"role": "user", "content": PARIS_QUESTION}]
 
 
 def sse_events(text: str) -> list[str]:
@@ -261,8 +262,9 @@ def test_logs_name_unknown_fields_but_hold_no_text(server):
         model=LAUNCH_MODEL, messages=[{"role": "user", "content": "My secret is zebra-42. Repeat it."}],
         max_tokens=8, temperature=0, extra_body={"web_search": {"query": "zebra-43"}})
     assert resp.choices[0].message.content
-    time.sleep(0.5)
-    log = server.log_text()
+    deadline = time.monotonic() + 60  # the server's log reaches the file when its handler flushes
+    while "ignored unknown fields" not in (log := server.log_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert "ignored unknown fields: web_search" in log
     content = resp.choices[0].message.content
     assert "zebra-4" not in log and (len(content) < 12 or content not in log)
@@ -306,7 +308,7 @@ async def test_disconnected_nonstreaming_client_aborts_its_request(server):
             await client.post("/v1/completions", json=body, timeout=2)
         t0 = time.monotonic()
         while metric((await client.get("/metrics")).text, "onramp_running_sequences", model=WIRE_MODEL) > 0:
-            assert time.monotonic() - t0 < 15, "the abandoned request kept running"
+            assert time.monotonic() - t0 < 120, "the abandoned request kept running"
             await asyncio.sleep(0.2)
 
 
@@ -332,13 +334,20 @@ async def test_swap_under_concurrent_streaming_load(server, engine_copy):
     async with server.client() as client, server.client(server.admin_key) as admin:
         before = {m["id"]: m["version"] for m in (await client.get("/v1/models")).json()["data"]}
         workers = [asyncio.create_task(worker(i, client)) for i in range(6)]
-        await asyncio.sleep(3)
+
+        async def until_results(n: int, timeout: float = 300) -> None:
+            deadline = time.monotonic() + timeout
+            while len(results) < n:
+                assert time.monotonic() < deadline, f"only {len(results)} requests completed, waited for {n}"
+                await asyncio.sleep(0.1)
+
+        await until_results(1)  # load is flowing
         started = len(results)
         swap = await admin.post(f"/admin/models/{LAUNCH_MODEL}/swap",
                                 json={"engine_dir": str(engine_copy), "version": "v2"})
         assert swap.status_code == 200, swap.text
         assert swap.json()["previous_version"] == before[LAUNCH_MODEL]
-        await asyncio.sleep(3)
+        await until_results(len(results) + 6)  # and keeps flowing on the new engine
         stop.set()
         await asyncio.gather(*workers)
         assert len(results) > started  # requests kept completing through the swap

@@ -6,6 +6,7 @@ test_e2e_openvino.py runs the same server as a subprocess with the openai client
 
 from __future__ import annotations
 
+from onramp.reference import PARIS_QUESTION
 import json
 
 import httpx
@@ -51,7 +52,7 @@ async def server(tmp_path, ov_int8_engine):
 
 
 def chat(**kw):
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    body = {"model": MODEL, "messages": [{"role": "user", "content": PARIS_QUESTION}],
             "temperature": 0, "max_tokens": 8}
     body.update(kw)
     return {k: v for k, v in body.items() if v is not None}  # None: leave the field out

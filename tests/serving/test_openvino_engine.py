@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from onramp.reference import PARIS_QUESTION
 import asyncio
 
 import pytest
@@ -31,7 +32,7 @@ async def test_describe_and_chat_template(ov_engine):
     info = ov_engine.describe()
     assert info.backend == "openvino" and info.name == "smollm2"
     assert info.max_context == 4096 and info.max_concurrent == 16 and info.version
-    text, deltas = await collect(ov_engine, req(messages=[ChatMessage("user", "What is the capital of France?")],
+    text, deltas = await collect(ov_engine, req(messages=[ChatMessage("user", PARIS_QUESTION)],
                                                 max_tokens=20))
     assert "Paris" in text
     assert deltas[-1].finish_reason == "stop" and deltas[-1].completion_tokens >= len(deltas) - 1
@@ -42,13 +43,16 @@ async def test_describe_and_chat_template(ov_engine):
 async def test_continuous_batching_requests_join_and_leave(ov_engine):
     """A short request that arrives while a long one runs joins the batch and finishes first."""
     order: list[str] = []
+    long_started = asyncio.Event()
 
     async def run(name, request):
-        await collect(ov_engine, request)
+        async for _ in ov_engine.stream(request):
+            long_started.set()
         order.append(name)
 
-    long = asyncio.create_task(run("long", req(prompt="Once upon a time", max_tokens=60, ignore_eos=True)))
-    await asyncio.sleep(0.5)
+    # long enough that it cannot finish while the short one is prefilled and decoded, at any speed
+    long = asyncio.create_task(run("long", req(prompt="Once upon a time", max_tokens=200, ignore_eos=True)))
+    await asyncio.wait_for(long_started.wait(), timeout=300)  # it is in the batch: it produced a token
     assert ov_engine.running == 1
     await run("short", req(prompt="Hello", max_tokens=3, ignore_eos=True))
     assert order == ["short"]
@@ -83,7 +87,7 @@ async def test_limits_and_sampling(ov_engine):
     a, _ = await collect(ov_engine, req(prompt="My favourite animal is", max_tokens=10, temperature=1.0, seed=5))
     b, _ = await collect(ov_engine, req(prompt="My favourite animal is", max_tokens=10, temperature=1.0, seed=5))
     assert a == b
-    text, deltas = await collect(ov_engine, req(messages=[ChatMessage("user", "What is the capital of France?")],
+    text, deltas = await collect(ov_engine, req(messages=[ChatMessage("user", PARIS_QUESTION)],
                                                 stop=[" Paris"], logprobs=True))
     assert text == "The capital of France is" and deltas[-1].finish_reason == "stop"
     lps = [lp.logprob for d in deltas for lp in (d.logprobs or [])]

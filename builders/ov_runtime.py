@@ -1,0 +1,104 @@
+"""The OpenVINO runtime configuration of an engine: part of the build, recorded in its manifest.
+
+OpenVINO's CPU plugin picks its compute precision by itself: bf16 where the CPU has AVX-512 BF16
+or AMX, f32 elsewhere. The same engine directory then answers differently on different hosts
+(the reference int8 engine answers "Paris" in f32 and nonsense in bf16). So every property that
+changes numerics is chosen at build time, written into ``manifest.json`` (``runtime.properties``)
+and passed explicitly wherever the engine is loaded: the server, the evals, the benchmarks.
+The scheduler settings (``runtime.scheduler``) travel the same way.
+
+``ONRAMP_OPENVINO_PRECISION`` (``f32`` or ``bf16``) overrides the recorded inference precision at
+every load: a test switch to run the whole suite with either compute precision; it is logged.
+
+This module imports no OpenVINO: it only reads manifests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_PROPERTIES", "DEFAULT_SCHEDULER", "PRECISION_ENV", "PRECISIONS", "default_runtime",
+           "load_properties", "precision_override", "scheduler_settings"]
+
+PRECISION_ENV = "ONRAMP_OPENVINO_PRECISION"
+PRECISIONS = ("f32", "bf16", "f16")
+
+# What an int8/int4 CPU engine runs with unless its layout asks for another precision. These are
+# this OpenVINO's CPU defaults on a CPU without BF16 (checked with ov.Core().get_property), made
+# explicit so that no host picks others.
+DEFAULT_PROPERTIES: dict[str, Any] = {
+    "INFERENCE_PRECISION_HINT": "f32",
+    "KV_CACHE_PRECISION": "u8",
+    "DYNAMIC_QUANTIZATION_GROUP_SIZE": 32,
+    "EXECUTION_MODE_HINT": "PERFORMANCE",
+}
+# openvino_genai.SchedulerConfig fields (cache_size in GB)
+DEFAULT_SCHEDULER: dict[str, Any] = {
+    "cache_size": 1,
+    "dynamic_split_fuse": True,
+    "enable_prefix_caching": False,
+}
+
+
+def default_runtime(precision: str = "f32") -> dict[str, dict[str, Any]]:
+    """The ``runtime`` section of a new OpenVINO engine's manifest."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"inference precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    return {"properties": {**DEFAULT_PROPERTIES, "INFERENCE_PRECISION_HINT": precision},
+            "scheduler": dict(DEFAULT_SCHEDULER)}
+
+
+def precision_override() -> str | None:
+    """The precision forced by ``ONRAMP_OPENVINO_PRECISION``, or None."""
+    value = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if not value:
+        return None
+    if value not in PRECISIONS:
+        from builders.errors import BuilderError
+
+        raise BuilderError(f"{PRECISION_ENV}={value!r} is not one of {', '.join(PRECISIONS)}",
+                           f"unset {PRECISION_ENV} or set it to f32 or bf16")
+    return value
+
+
+def _runtime_of(manifest_or_dir: Any) -> dict[str, Any]:
+    if isinstance(manifest_or_dir, (str, Path)):
+        from builders.manifest import MANIFEST, read_manifest
+
+        if not (Path(manifest_or_dir) / MANIFEST).is_file():
+            log.warning("%s has no manifest: loading it with onramp's default OpenVINO properties", manifest_or_dir)
+            return {}
+        manifest_or_dir = read_manifest(Path(manifest_or_dir))
+    runtime = getattr(manifest_or_dir, "runtime", None)
+    if runtime is None:
+        return {}
+    if hasattr(runtime, "model_dump"):
+        return runtime.model_dump()
+    if isinstance(runtime, dict):
+        return runtime
+    return {k: (vars(v) if hasattr(v, "__dict__") else v) for k, v in vars(runtime).items()}
+
+
+def load_properties(manifest_or_dir: Any) -> dict[str, Any]:
+    """The OpenVINO properties to load this engine with: its manifest's, the override applied.
+
+    An engine built before runtime properties were recorded gets :data:`DEFAULT_PROPERTIES`
+    (never the device's own defaults).
+    """
+    props = dict(_runtime_of(manifest_or_dir).get("properties") or DEFAULT_PROPERTIES)
+    forced = precision_override()
+    if forced and props.get("INFERENCE_PRECISION_HINT") != forced:
+        log.warning("%s=%s overrides the engine's recorded INFERENCE_PRECISION_HINT=%s", PRECISION_ENV, forced,
+                    props.get("INFERENCE_PRECISION_HINT"))
+        props["INFERENCE_PRECISION_HINT"] = forced
+    return props
+
+
+def scheduler_settings(manifest_or_dir: Any) -> dict[str, Any]:
+    """The ``SchedulerConfig`` fields recorded for this engine (defaults for older engines)."""
+    return {**DEFAULT_SCHEDULER, **(_runtime_of(manifest_or_dir).get("scheduler") or {})}
