@@ -137,12 +137,12 @@ def test_production_ends_on_the_newer_revision_whichever_finishes_last(registry_
         results: dict[str, object] = {}
         barrier = threading.Barrier(2)
 
-        def onboarding(version: str) -> None:
+        def onboarding(version: str, barrier: threading.Barrier, results: dict) -> None:
             mine = make_registry()
             barrier.wait()
             results[version] = steps.promote(mine, name, version)
 
-        threads = [threading.Thread(target=onboarding, args=(v,)) for v in (old, new)]
+        threads = [threading.Thread(target=onboarding, args=(v, barrier, results)) for v in (old, new)]
         for t in threads:
             t.start()
         for t in threads:
