@@ -594,7 +594,8 @@ class Registry:
         try:
             model = self.client.get_registered_model(name)
         except MlflowException:
-            known = ", ".join(m.name for m in self.client.search_registered_models()) or "none"
+            known = ", ".join(m.name for m in self.client.search_registered_models()
+                              if not promotion.is_lock_name(m.name)) or "none"
             raise ModelNotFoundError(
                 f"no registered model {name!r} (registered: {known})", "see `onramp models`"
             ) from None
