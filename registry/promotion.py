@@ -218,6 +218,11 @@ def _model_lock(registry: Registry, name: str) -> Iterator[_Holder]:
                 lock_name, tags=t, description=f"onramp: the production lock of {name} (removed when released)"))
             break
         except MlflowException as exc:
+            # RESOURCE_DOES_NOT_EXIST: the store saw the name taken, then the holder released it
+            # before the store could read it back; try again
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST" and time.monotonic() < deadline:
+                time.sleep(random.uniform(0.01, 0.05))
+                continue
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         try:
