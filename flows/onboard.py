@@ -226,7 +226,7 @@ def onboard(config: OnboardConfig) -> OnboardResult:
                 outcome.status, outcome.engine_dir = ("built" if made_now else "reused"), str(engine_dir)
                 outcome.build_id, outcome.build_seconds = manifest["build_id"], manifest.get("build_seconds")
                 outcome.reason = p.reason
-                result.model = result.model or manifest["name"]
+                result.model = result.model or steps.model_name(manifest)
                 result.builds_made += int(made_now)
             else:
                 try:

@@ -74,7 +74,8 @@ def pull(repo: str, revision: str, settings: Settings) -> tuple[Path, str]:
     """A pinned snapshot of ``repo@revision`` (safetensors only): ``(checkpoint_dir, sha)``."""
     from onramp.hub import pull as hub_pull
 
-    return hub_pull(repo, revision, endpoint=settings.hf_endpoint, cache_dir=settings.cache_dir / "hub")
+    return hub_pull(repo, revision, endpoint=settings.hf_endpoint, cache_dir=settings.cache_dir / "hub",
+                    settings=settings)
 
 
 def revision_date(repo: str, sha: str, settings: Settings) -> str | None:
@@ -151,6 +152,13 @@ def read_build(engine_dir: Path) -> dict[str, Any]:
 
     manifest = read_manifest(engine_dir)
     return manifest.model_dump(by_alias=True) if hasattr(manifest, "model_dump") else dict(manifest)
+
+
+def model_name(manifest: dict[str, Any]) -> str:
+    """The registered model of a build: its full Hub repo id (``org--name``, registry.names)."""
+    from registry.names import registered_name
+
+    return registered_name((manifest.get("source") or {}).get("repo"), manifest["name"])
 
 
 # ------------------------------------------------------------------------------ evaluate
@@ -301,7 +309,7 @@ def register(registry: Any, engine_dir: Path, *, run_id: str | None, gate_passed
              metrics: dict[str, float], tags: dict[str, str]) -> tuple[str, str, bool]:
     """Register the build unless its build_id already is; ``(name, version, newly_created)``."""
     manifest = read_build(engine_dir)
-    name, build_id = manifest["name"], manifest["build_id"]
+    name, build_id = model_name(manifest), manifest["build_id"]
     existing = find_version(registry, name, build_id)
     if existing is not None:
         gate_tag = "passed" if gate_passed else "failed"
@@ -309,7 +317,8 @@ def register(registry: Any, engine_dir: Path, *, run_id: str | None, gate_passed
         if gate_passed:
             registry.client.set_registered_model_alias(name, "candidate", existing)
         return name, existing, False
-    version = registry.register(engine_dir, run_id=run_id, gate_passed=gate_passed, metrics=metrics, tags=tags)
+    version = registry.register(engine_dir, name=name, run_id=run_id, gate_passed=gate_passed, metrics=metrics,
+                                tags=tags)
     return name, version, True
 
 

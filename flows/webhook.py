@@ -4,8 +4,11 @@ A Hugging Face webhook (repo settings → Webhooks, "Repo update" events) sends 
 and the secret it was configured with in the ``X-Webhook-Secret`` header. The secret is checked
 in constant time against ``webhook_secret`` (config file or ``ONRAMP_WEBHOOK_SECRET``); a
 ``repo.content`` update of a model emits the same ``onramp.model.revision`` event as the
-watcher, so the ``onboard`` deployment's trigger starts onboarding. Other events (discussions,
-config changes, datasets, spaces, deletions) are acknowledged and ignored.
+watcher, so the ``onboard`` deployment's trigger starts onboarding. Only repos on the watch list
+(``watch_repos``, or a model of one of ``watch_orgs``) are onboarded; an update of any other repo
+is answered 200 ``{"status": "ignored", "reason": "not on the watch list"}`` and logged (a Hub
+webhook may cover a whole user or org: that is no error of the sender). Other events
+(discussions, config changes, datasets, spaces, deletions) are acknowledged and ignored too.
 
 serving's ``build_app`` mounts :data:`router`. The secret comes from ``app.state.settings``
 when the app has settings, else from :func:`onramp.settings.load_settings`.
@@ -22,6 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from flows.events import EVENT, Revision, emit_revision_event
+from onramp.errors import OnrampError
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +118,16 @@ async def huggingface_webhook(request: Request) -> Any:
     sha, ignored = revision_from_payload(payload)
     if sha is None:
         return JSONResponse({"status": "ignored", "reason": ignored}, status_code=200)
+    from flows.watch import WatchList
+
+    try:
+        watched = WatchList.from_settings(settings).covers(payload.repo.name)
+    except OnrampError as exc:
+        return _error(503, exc.what, exc.fix)
+    if not watched:
+        shown = payload.repo.name[:200].encode("unicode_escape").decode()  # no newlines in the log
+        log.info("webhook: ignored %s: not on the watch list", shown)
+        return JSONResponse({"status": "ignored", "reason": "not on the watch list"}, status_code=200)
 
     from prefect.settings import PREFECT_API_URL
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OnChange = Callable[[str, str, Path], Awaitable[None]]
+OnNames = Callable[[list[str]], None]
 
 
 class AliasWatcher:
@@ -34,6 +35,7 @@ class AliasWatcher:
         names: list[str] | None = None,
         interval: float = 5.0,
         on_change: OnChange | None = None,
+        on_names: OnNames | None = None,
     ):
         if on_change is None:
             raise ValueError("AliasWatcher needs an on_change coroutine function")
@@ -42,6 +44,7 @@ class AliasWatcher:
         self.names = list(names) if names else None
         self.interval = interval
         self.on_change = on_change
+        self.on_names = on_names  # told the registered model names at each poll (serving's aliases)
         self.current: dict[str, str] = {}  # name -> version delivered to on_change
         self.errors = 0
         self._task: asyncio.Task | None = None
@@ -80,6 +83,8 @@ class AliasWatcher:
         delivered: dict[str, str] = {}
         try:
             names = self.names or await asyncio.to_thread(self.registry.model_names)
+            if self.on_names is not None:
+                self.on_names(list(names))
         except Exception as exc:  # noqa: BLE001 - the watcher must survive anything
             self.errors += 1
             log.warning("watching %r: cannot list registered models: %s", self.alias, exc)

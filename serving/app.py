@@ -30,6 +30,7 @@ from serving.metrics import CONTENT_TYPE_LATEST, Metrics
 from serving.protocol import ChatCompletionRequest, CompletionRequest, SwapRequest
 from serving.service import OpenAIService
 from serving.slots import Slots
+from serving.usage import UsageMeter, current_key, usage_file
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class ServeConfig(BaseModel):
     log_prompts: bool = False
     default_max_tokens: int | None = Field(
         default=None, ge=1, description="cap for requests that set no max_tokens (default: the context left)")
+    max_n: int = Field(8, ge=1, le=128, description="most choices (n) one request may ask for")
     resolve_version: Callable[[str, str], Path] | None = Field(
         default=None, description="(name, registry version) -> engine dir, for swaps by version")
 
@@ -152,7 +154,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 def _require(scope: str):
     async def check(request: Request) -> None:
         keys: KeyStore = request.app.state.keys
-        keys.check(request.headers.get("authorization"), scope)
+        current_key.set(keys.check(request.headers.get("authorization"), scope))  # usage is billed to it
 
     return check
 
@@ -189,39 +191,46 @@ async def _unless_disconnected(request: Request, work: Awaitable) -> Any:
             task.cancel()
 
 
+def _model_label(slots: Slots, model: str) -> str:
+    """The metrics label of a request's model: the served name (an alias counts as its model)."""
+    return slots.resolve(model) if slots.live(model) is not None else "unknown"
+
+
 def _openai_router() -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/chat/completions", dependencies=[require_user])
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        request.state.model = body.model if body.model in request.app.state.slots.names() else "unknown"
+        request.state.model = _model_label(request.app.state.slots, body.model)
         service: OpenAIService = request.app.state.service
         work = service.chat(body, endpoint="/v1/chat/completions")
         return _stream_or_json(await _unless_disconnected(request, work))
 
     @router.post("/chat/completions", dependencies=[require_user])
     async def pplx_chat_completions(body: ChatCompletionRequest, request: Request):
-        request.state.model = body.model if body.model in request.app.state.slots.names() else "unknown"
+        request.state.model = _model_label(request.app.state.slots, body.model)
         service: OpenAIService = request.app.state.service
         work = service.chat(body, endpoint="/chat/completions", pplx=True)
         return _stream_or_json(await _unless_disconnected(request, work))
 
     @router.post("/v1/completions", dependencies=[require_user])
     async def completions(body: CompletionRequest, request: Request):
-        request.state.model = body.model if body.model in request.app.state.slots.names() else "unknown"
+        request.state.model = _model_label(request.app.state.slots, body.model)
         service: OpenAIService = request.app.state.service
         work = service.completion(body, endpoint="/v1/completions")
         return _stream_or_json(await _unless_disconnected(request, work))
 
-    def _model_card(live) -> dict:
+    def _model_card(live, alias: str | None = None) -> dict:
         info = live.engine.describe()
-        return {"id": live.name, "object": "model", "created": int(live.since), "owned_by": "onramp",
-                "version": live.version, "backend": info.backend, "max_context": info.max_context}
+        return {"id": alias or live.name, "object": "model", "created": int(live.since), "owned_by": "onramp",
+                "root": live.name, "version": live.version, "backend": info.backend, "max_context": info.max_context}
 
     @router.get("/v1/models", dependencies=[require_user])
     async def list_models(request: Request):
         slots: Slots = request.app.state.slots
-        return {"object": "list", "data": [_model_card(slots.live(n)) for n in slots.names()]}
+        cards = [_model_card(slots.live(n)) for n in slots.names()]
+        cards += [_model_card(slots.live(n), alias=a) for a, n in slots.aliases().items()]
+        return {"object": "list", "data": cards}
 
     @router.get("/v1/models/{name:path}", dependencies=[require_user])
     async def get_model(name: str, request: Request):
@@ -231,7 +240,7 @@ def _openai_router() -> APIRouter:
             from serving.errors import ModelNotFound
 
             raise ModelNotFound(name, slots.names())
-        return _model_card(live)
+        return _model_card(live, alias=name if name != live.name else None)
 
     return router
 
@@ -340,8 +349,11 @@ def build_app(config: ServeConfig | Any | None = None, *, slots: Slots | None = 
     app.state.slots = slots
     app.state.metrics = metrics
     app.state.keys = keys
+    usage = UsageMeter(metrics.registry, usage_file(config.keys_file) if config.keys_file and config.auth else None)
+    app.state.usage = usage
     app.state.service = OpenAIService(slots, metrics, log_prompts=config.log_prompts,
-                                      default_max_tokens=config.default_max_tokens)
+                                      default_max_tokens=config.default_max_tokens, usage=usage,
+                                      max_n=config.max_n)
     _install_error_handlers(app)
     app.add_middleware(_BodyLimit)
     app.include_router(_openai_router())

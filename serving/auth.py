@@ -37,6 +37,8 @@ class ApiKey:
     name: str
     sha256: str
     scopes: tuple[str, ...]
+    rpm: int | None = None  # requests per minute (serving.usage); None: no limit
+    tpm: int | None = None  # prompt + completion tokens per minute
 
 
 def _read_file(path: Path) -> list[dict]:
@@ -67,7 +69,8 @@ def _write_file(path: Path, entries: list[dict]) -> None:
         raise
 
 
-def create_key(path: Path, name: str, *, admin: bool = False) -> str:
+def create_key(path: Path, name: str, *, admin: bool = False, rpm: int | None = None,
+               tpm: int | None = None) -> str:
     """Add a key named ``name`` to the keys file and return the raw key (shown once, never stored)."""
     entries = _read_file(path)
     if any(e["name"] == name for e in entries):
@@ -75,8 +78,14 @@ def create_key(path: Path, name: str, *, admin: bool = False) -> str:
                               f"pick another name, or `onramp keys revoke {name}` first")
     raw = KEY_PREFIX + secrets.token_urlsafe(32)
     scopes = [USER, ADMIN] if admin else [USER]
-    entries.append({"name": name, "sha256": hash_key(raw), "scopes": scopes,
-                    "created": datetime.now(UTC).isoformat(timespec="seconds")})
+    entry = {"name": name, "sha256": hash_key(raw), "scopes": scopes,
+             "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    for limit, value in (("rpm", rpm), ("tpm", tpm)):
+        if value is not None:
+            if value < 1:
+                raise AuthConfigError(f"--{limit} must be at least 1 (got {value})", "leave it out for no limit")
+            entry[limit] = int(value)
+    entries.append(entry)
     _write_file(path, entries)
     return raw
 
@@ -90,7 +99,8 @@ def revoke_key(path: Path, name: str) -> None:
 
 
 def list_keys(path: Path) -> list[ApiKey]:
-    return [ApiKey(e["name"], e["sha256"], tuple(e.get("scopes") or [USER])) for e in _read_file(path)]
+    return [ApiKey(e["name"], e["sha256"], tuple(e.get("scopes") or [USER]), e.get("rpm"), e.get("tpm"))
+            for e in _read_file(path)]
 
 
 class KeyStore:

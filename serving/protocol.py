@@ -33,9 +33,11 @@ class TextPart(BaseModel):
 
 
 class ChatMessageIn(_OpenRequest):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[dict] | None = None  # assistant: the calls it made (serving.tools)
+    tool_call_id: str | None = None  # tool: the call this result answers
 
     def text(self) -> str:
         if self.content is None:
@@ -59,18 +61,11 @@ class _SamplingFields(_OpenRequest):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = 1
+    n: int = Field(default=1, ge=1, le=128)  # the server's own limit (--max-n) is checked in serving.service
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     ignore_eos: bool = False  # extension (as vLLM's): generate max_tokens tokens; benchmarks use it
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError("only n=1 is supported: send n separate requests for several choices")
-        return v
 
     @field_validator("stop")
     @classmethod
@@ -101,21 +96,28 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # structured outputs and tool calls: shapes checked in serving.structured / serving.tools
+    response_format: dict | None = None
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
 
     def completion_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]  # token ids: lm-eval's tokenized requests
     max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for /v1/completions
     echo: bool = False
-    logprobs: int | None = Field(default=None, ge=0, le=5)
+    logprobs: int | None = Field(default=None, ge=0, le=20)
     suffix: str | None = None
 
     @field_validator("prompt")
     @classmethod
     def _one_prompt(cls, v):
+        if isinstance(v, list) and v and all(isinstance(t, int) for t in v):
+            return v  # one prompt as token ids
         if isinstance(v, list):
             if len(v) != 1:
                 raise ValueError("send one prompt per request (a list of exactly one string is accepted)")

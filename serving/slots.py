@@ -100,13 +100,28 @@ class Slots:
         self._retiring: set[asyncio.Task] = set()
         self._retired: set[Live] = set()  # retired engines not closed yet
         self._draining: dict[str, int] = {}
+        self._aliases: dict[str, str] = {}
 
     # ------------------------------------------------------------------ lookups
     def names(self) -> list[str]:
         return sorted(self._live)
 
+    def set_aliases(self, aliases: dict[str, str]) -> None:
+        """Other names requests may use for a served model: ``{alias: name}`` (e.g. the short name
+        of a registered model, see registry.names.short_aliases). Replaces the previous aliases;
+        a served name always wins over an alias of the same text."""
+        self._aliases = dict(aliases)
+
+    def aliases(self) -> dict[str, str]:
+        """``{alias: name}`` of the aliases whose model is live."""
+        return {a: n for a, n in sorted(self._aliases.items()) if n in self._live and a not in self._live}
+
+    def resolve(self, name: str) -> str:
+        """The served name that ``name`` stands for (itself, unless it is an alias)."""
+        return name if name in self._live else self._aliases.get(name, name)
+
     def live(self, name: str) -> Live | None:
-        return self._live.get(name)
+        return self._live.get(self.resolve(name))
 
     def inflight(self, name: str) -> int:
         return self._queued.get(name, 0)
@@ -127,7 +142,9 @@ class Slots:
         return out
 
     def acquire(self, name: str) -> Lease:
-        """A lease on the live engine of ``name``: 404 unknown, 503 loading, 429 when its queue is full."""
+        """A lease on the live engine of ``name`` (or of the model it is an alias of): 404 unknown,
+        503 loading, 429 when its queue is full."""
+        name = self.resolve(name)
         live = self._live.get(name)
         if live is None:
             if name in self._loading:

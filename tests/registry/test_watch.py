@@ -7,7 +7,7 @@ import asyncio
 from registry.client import Registry
 from registry.watch import AliasWatcher
 
-NAME = "smollm2-135m-instruct"
+NAME = "huggingfacetb--smollm2-135m-instruct"  # registered: the full repo id
 
 
 async def _until(predicate, timeout: float = 20.0) -> None:
@@ -20,7 +20,8 @@ async def _until(predicate, timeout: float = 20.0) -> None:
 async def test_watcher_follows_production(make_engine):
     reg = Registry()
     engines = {reg.register(make_engine(t), gate_passed=True): t for t in ("a", "b")}
-    reg.register(make_engine("other", name="other-model"), gate_passed=True)  # no production alias: ignored
+    # no production alias: ignored
+    reg.register(make_engine("other", name="other-model", repo="someone/other-model"), gate_passed=True)
     reg.promote(NAME, "1")
 
     seen: list[tuple[str, str, str]] = []

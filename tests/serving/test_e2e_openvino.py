@@ -204,7 +204,7 @@ def test_seed_python_example(server):
 
 # ---------------------------------------------------------------- bad input, on the real server
 @pytest.mark.parametrize("body, status, param, code", [
-    ({"model": LAUNCH_MODEL, "messages": QUESTION, "n": 3}, 400, "n", None),
+    ({"model": LAUNCH_MODEL, "messages": QUESTION, "n": 9}, 400, "n", None),  # over --max-n (8)
     ({"model": LAUNCH_MODEL, "messages": QUESTION, "temperature": 9}, 400, "temperature", None),
     ({"model": LAUNCH_MODEL, "messages": QUESTION, "max_tokens": "many"}, 400, "max_tokens", None),
     ({"model": LAUNCH_MODEL, "messages": "hello"}, 400, "messages", None),
@@ -247,7 +247,7 @@ def test_auth_errors_with_the_openai_client(server):
         OpenAI(api_key=server.key, base_url=f"{server.url}/v1").chat.completions.create(model="nope", messages=QUESTION)
     with pytest.raises(BadRequestError) as exc:
         OpenAI(api_key=server.key, base_url=f"{server.url}/v1").chat.completions.create(
-            model=LAUNCH_MODEL, messages=QUESTION, n=2)
+            model=LAUNCH_MODEL, messages=QUESTION, n=9)
     assert exc.value.body["param"] == "n"
     # the user key cannot swap
     resp = httpx.post(f"{server.url}/admin/models/{LAUNCH_MODEL}/swap", json={"engine_dir": "/x"},
