@@ -33,11 +33,16 @@ OLD_DATE, NEW_DATE, BASE_DATE = "2026-03-01T10:00:00+00:00", "2026-03-02T10:00:0
 @pytest.fixture(params=["sqlite", pytest.param("server", marks=pytest.mark.slow)])
 def registry_kind(request, registry_factory, s3):
     """``(make_registry, model_name)`` for a local SQLite registry or an ``mlflow server``."""
-    name = f"m-{uuid.uuid4().hex[:8]}"
+    name = f"faults--m-{uuid.uuid4().hex[:8]}"  # the registered name of the repo faults/m-...
     if request.param == "sqlite":
         return (lambda **kw: registry_factory(s3.root, **kw)), name
     url, _ = request.getfixturevalue("mlflow_server")
     return (lambda **kw: registry_factory(tracking_uri=url, experiment=f"onramp-{s3.prefix}", **kw)), name
+
+
+def _repo(name: str) -> str:
+    """The Hub repo whose registered model is ``name`` (``faults--m-x`` ← ``faults/m-x``)."""
+    return name.replace("--", "/", 1)
 
 
 def _replay(start, moves) -> tuple[str | None, list[str]]:
@@ -59,7 +64,7 @@ def _replay(start, moves) -> tuple[str | None, list[str]]:
 def test_racing_promotes_and_rollbacks_leave_one_consistent_history(registry_kind, make_engine):
     make_registry, name = registry_kind
     reg = make_registry()
-    versions = [reg.register(make_engine(t, name=name), gate_passed=True) for t in "abc"]
+    versions = [reg.register(make_engine(t, name=name, repo=_repo(name)), gate_passed=True) for t in "abc"]
     reg.promote(name, versions[0])
     start = reg.production_state(name)
     moved: list[tuple[str, str]] = []  # (op, to) of every call that moved the alias
@@ -107,7 +112,7 @@ def test_racing_promotes_and_rollbacks_leave_one_consistent_history(registry_kin
 
 
 def _register_revision(reg, make_engine, name: str, tag: str, date: str) -> str:
-    engine = make_engine(tag, name=name, revision=tag[0] * 40)
+    engine = make_engine(tag, name=name, repo=_repo(name), revision=tag[0] * 40)
     return reg.register(engine, gate_passed=True, tags={"hf_revision_date": date})
 
 
@@ -185,8 +190,8 @@ def server_registry(mlflow_server, s3, registry_factory):
 def test_kill_9_during_promotion_then_the_next_run_finishes(point, pattern, nth, server_registry, stall_proxy,
                                                             make_engine, tmp_path):
     reg, experiment = server_registry
-    name = f"m-{uuid.uuid4().hex[:8]}"
-    v1, v2 = (reg.register(make_engine(t, name=name), gate_passed=True) for t in ("one", "two"))
+    name = f"faults--m-{uuid.uuid4().hex[:8]}"
+    v1, v2 = (reg.register(make_engine(t, name=name, repo=_repo(name)), gate_passed=True) for t in ("one", "two"))
     reg.promote(name, v1)
     before = reg.production_state(name)
 
@@ -217,8 +222,8 @@ def test_kill_9_during_promotion_then_the_next_run_finishes(point, pattern, nth,
 def test_kill_9_during_registration_then_the_next_run_finishes(point, pattern, server_registry, stall_proxy,
                                                                make_engine, tmp_path):
     reg, experiment = server_registry
-    name = f"m-{uuid.uuid4().hex[:8]}"
-    engine = make_engine("k", name=name, big=2 * 1024 * 1024)
+    name = f"faults--m-{uuid.uuid4().hex[:8]}"
+    engine = make_engine("k", name=name, repo=_repo(name), big=2 * 1024 * 1024)
     stall_proxy.stall_on(pattern)
     log = tmp_path / "child.log"
     proc = _spawn("register", stall_proxy.url, {"engine": str(engine), "cache_dir": str(tmp_path / "c"),
@@ -247,8 +252,8 @@ def test_mlflow_down_mid_registration_fails_naming_it_and_the_next_run_recovers(
                                                                                  s3):
     _, experiment = server_registry
     reg = registry_factory(tracking_uri=stall_proxy.url, experiment=experiment)
-    name = f"m-{uuid.uuid4().hex[:8]}"
-    engine = make_engine("down", name=name)
+    name = f"faults--m-{uuid.uuid4().hex[:8]}"
+    engine = make_engine("down", name=name, repo=_repo(name))
     stall_proxy.stall_on(b"POST /api/2.0/mlflow/model-versions/create")
     failure: list[BaseException] = []
 
