@@ -249,7 +249,9 @@ def test_kill_9_during_registration_then_the_next_run_finishes(point, pattern, s
 @pytest.mark.slow
 def test_mlflow_down_mid_registration_fails_naming_it_and_the_next_run_recovers(server_registry, stall_proxy,
                                                                                  make_engine, registry_factory,
-                                                                                 s3):
+                                                                                 s3, monkeypatch):
+    # a request the server never answers times out (MLflow's default is 120 s), then is retried
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     _, experiment = server_registry
     reg = registry_factory(tracking_uri=stall_proxy.url, experiment=experiment)
     name = f"faults--m-{uuid.uuid4().hex[:8]}"
