@@ -6,6 +6,8 @@ Everything here is data in files next to this module (``profiles.yaml``, ``gates
 
 from __future__ import annotations
 
+import contextlib
+import os
 import hashlib
 import json
 from importlib import resources
@@ -138,3 +140,21 @@ def config_fingerprint(profile: Profile, *, lm_eval_only: bool = False) -> str:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def reference_threads():
+    """Run the float32 reference (torch) on ``ONRAMP_REFERENCE_THREADS`` threads, default 1.
+
+    torch's OpenMP threads spin at barriers: with another busy process on a 2-core machine, two
+    threads made 64 greedy tokens take 115 s, one thread 15 s (about 1.6x slower than two on an idle
+    machine). One thread keeps an evaluation's time bounded whatever else the machine runs.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(os.environ.get("ONRAMP_REFERENCE_THREADS") or 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

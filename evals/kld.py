@@ -247,7 +247,10 @@ def compare_logits(reference_dir: Path, candidate: LogitsModel, profile: Profile
     start = time.monotonic()
     sequences = evaluation_sequences(AutoTokenizer.from_pretrained(reference_dir), profile)
     ref = reference or TransformersLogits(reference_dir)
-    hidden, cached = reference_hidden(ref, sequences, checkpoint_hash, cache_dir)
+    from evals.config import reference_threads
+
+    with reference_threads():
+        hidden, cached = reference_hidden(ref, sequences, checkpoint_hash, cache_dir)
     kl_blocks, top1_blocks = [], []
     for ids, h in zip(sequences, hidden, strict=True):
         ref_logits = ref.logits_from_hidden(h)

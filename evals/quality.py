@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from evals.agreement import AgreementResult, candidate_texts_endpoint, candidate_texts_openvino, compare, \
     reference_texts
 from evals.config import GSM8K_TASK, PERPLEXITY_TASK, Profile, agreement_prompts, config_fingerprint, \
-    gsm8k_file, load_profile, resolve_tasks
+    gsm8k_file, load_profile, reference_threads, resolve_tasks
 from evals.errors import EvalError
 from evals.kld import KLDResult, compare_logits, engine_logits_model
 from onramp.files import write_text_atomic
@@ -294,9 +294,10 @@ def reference_results(reference_dir: Path, profile: Profile, tasks_dir: Path, pr
                 return cached, True
         except ValueError:
             log.warning("ignoring unreadable reference cache %s", cache_file)
-    scores = run_lm_eval("hf", {"pretrained": str(reference_dir), "device": "cpu", "dtype": "float32"},
-                         profile, tasks_dir)
-    texts = reference_texts(reference_dir, prompts, profile.agreement_k)
+    with reference_threads():
+        scores = run_lm_eval("hf", {"pretrained": str(reference_dir), "device": "cpu", "dtype": "float32"},
+                             profile, tasks_dir)
+        texts = reference_texts(reference_dir, prompts, profile.agreement_k)
     result = ReferenceResults(key=key, scores=scores, greedy_texts=texts)
     if cache_file is not None:
         write_text_atomic(cache_file, result.model_dump_json(indent=1))
