@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.auth import ADMIN, USER, KeyStore
+from serving.drain import Drain, DrainGate
 from serving.errors import RequestError
 from serving.metrics import CONTENT_TYPE_LATEST, Metrics
 from serving.protocol import ChatCompletionRequest, CompletionRequest, SwapRequest
@@ -344,6 +345,8 @@ def build_app(config: ServeConfig | Any | None = None, *, slots: Slots | None = 
                                       default_max_tokens=config.default_max_tokens)
     _install_error_handlers(app)
     app.add_middleware(_BodyLimit)
+    app.state.drain = Drain()  # SIGTERM drain (serving.drain): outermost, counts requests in flight
+    app.add_middleware(DrainGate, drain=app.state.drain)
     app.include_router(_openai_router())
     app.include_router(_ops_router())
     app.include_router(_admin_router())
