@@ -88,7 +88,7 @@ def build_on_gpu_pool(layout: LayoutPlan, repo: str, sha: str, settings: Setting
                            "see the run in the Prefect UI; raise OnboardConfig.gpu_build_timeout_s for big models")
     if not state.is_completed():
         message = (state.message or state.name).removeprefix("Flow run encountered an exception: ")
-        raise OnboardError(f"{message} (build-layout run {run.name} on the {GPU_POOL} pool)",
+        raise OnboardError(f"build-layout run {run.name} on the {GPU_POOL} pool failed: {message}",
                            "see that run's logs in the Prefect UI")
     return fetch_published(settings, repo, str(run.id))
 

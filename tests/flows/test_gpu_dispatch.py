@@ -22,8 +22,6 @@ import yaml
 from flows import steps
 from onramp.settings import load_settings
 
-pytestmark = pytest.mark.slow
-
 PERMISSIVE_GATES = {"version": "test-permissive", "quality": {"perplexity_ratio": {"max": 1e12}},
                     "latency": {}, "regression": {"max_pct": 10, "metrics": {}}}
 
@@ -57,6 +55,28 @@ def _build_layout_runs(tag: str) -> list:
                                            limit=50, sort=FlowRunSort.ID_DESC))
 
 
+def test_without_the_deployment_in_process_and_without_a_worker_unavailable_at_once(prefect_server, tiny_llama):
+    from flows.deploy import BUILD_LAYOUT, deploy_all
+    from flows.dispatch import build_layout_deployment, build_on_gpu_pool
+    from flows.errors import OnboardError
+
+    settings = load_settings()
+    gpu = next(p for p in steps.plan(tiny_llama, ["a100-80gb"]) if p.selected)
+    # no build-layout deployment (Prefect's ephemeral API, no `onramp up`): the caller builds in-process
+    assert build_on_gpu_pool(gpu, "acme/tiny", "0" * 40, settings, timeout=5) is None
+    deploy_all(settings, only=(BUILD_LAYOUT,))
+    try:
+        started = time.monotonic()
+        with pytest.raises(OnboardError, match="unavailable: no worker polls the 'gpu' work pool") as err:
+            build_on_gpu_pool(gpu, "acme/tiny", "0" * 40, settings, timeout=600)
+        assert time.monotonic() - started < 60  # not waiting for a worker that may never come
+        assert "prefect worker start --pool gpu" in str(err.value.fix)
+        assert not _build_layout_runs(gpu.key)  # no run was left waiting in the pool
+    finally:
+        _api(lambda c: _delete_deployment(c, build_layout_deployment()))
+
+
+@pytest.mark.slow
 def test_gpu_layouts_are_built_by_a_worker_of_the_gpu_pool(prefect_server, hub_mirror, tiny_llama, monkeypatch,
                                                             tmp_path):
     from prefect.settings import PREFECT_API_URL
