@@ -346,7 +346,7 @@ def build_app(config: ServeConfig | Any | None = None, *, slots: Slots | None = 
     _install_error_handlers(app)
     app.add_middleware(_BodyLimit)
     app.state.drain = Drain()  # SIGTERM drain (serving.drain): outermost, counts requests in flight
-    app.add_middleware(DrainGate, drain=app.state.drain)
+    app.add_middleware(DrainGate, drain=app.state.drain, metrics=metrics)
     app.include_router(_openai_router())
     app.include_router(_ops_router())
     app.include_router(_admin_router())

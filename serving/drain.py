@@ -49,9 +49,10 @@ class DrainGate:
     """ASGI middleware: counts requests in flight, refuses new ones (503 + Retry-After) while
     draining, and makes ``/readyz`` answer 503 then."""
 
-    def __init__(self, app: Any, drain: Drain) -> None:
+    def __init__(self, app: Any, drain: Drain, metrics: Any = None) -> None:
         self.app = app
         self.drain = drain
+        self.metrics = metrics  # serving.metrics.Metrics: refusals count as requests with status 503
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -67,6 +68,8 @@ class DrainGate:
             await self.app(scope, receive, send)
             return
         if drain.draining:
+            if self.metrics is not None:
+                self.metrics.requests.labels("", path, "503").inc()
             body = {"error": {"message": "The server is shutting down and takes no new requests; retry (another "
                                          "replica will answer).",
                               "type": "server_error", "param": None, "code": "server_shutting_down"}}

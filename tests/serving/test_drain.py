@@ -74,6 +74,10 @@ def test_sigterm_drains_in_flight_streams_refuses_new_requests_and_exits_0(ov_in
         assert int(refused.value.response.headers["retry-after"]) >= 1
         error = refused.value.response.json()["error"]
         assert error["code"] == "server_shutting_down" and error["type"] == "server_error" and error["message"]
+        scrape = httpx.get(f"{server.url}/metrics", timeout=10).text  # still scraped while draining
+        refusals = [line for line in scrape.splitlines() if line.startswith("onramp_requests_total{")
+                    and 'status="503"' in line and 'endpoint="/v1/chat/completions"' in line]
+        assert len(refusals) == 1 and float(refusals[0].rsplit(" ", 1)[1]) == 1.0, refusals
 
         streamer.join(timeout=600)
         assert not streamer.is_alive()
