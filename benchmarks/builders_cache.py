@@ -15,6 +15,9 @@ from pathlib import Path
 
 
 def main() -> None:
+    from onramp.signals import exit_on_signals
+
+    exit_on_signals()  # SIGTERM stops what the run started (export, latency server) too
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quant", default="int8", choices=["int8", "int4", "fp16"])
     parser.add_argument("--out", type=Path, default=None, help="engines root (default: a temp dir with --fresh, "

@@ -18,6 +18,9 @@ from pathlib import Path
 
 
 def main() -> None:
+    from onramp.signals import exit_on_signals
+
+    exit_on_signals()  # SIGTERM stops what the run started (export, latency server) too
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--no-latency", action="store_true")
@@ -62,7 +65,9 @@ def _task_times(flow_run_id) -> list[tuple[str, float]]:
     import httpx
     from prefect.settings import PREFECT_API_URL
 
-    runs = httpx.post(f"{PREFECT_API_URL.value()}/task_runs/filter", timeout=15, json={
+    from flows.prefect_env import auth_headers
+
+    runs = httpx.post(f"{PREFECT_API_URL.value()}/task_runs/filter", timeout=15, headers=auth_headers(), json={
         "task_runs": {"flow_run_id": {"any_": [str(flow_run_id)]}}, "limit": 200}).json()
     runs.sort(key=lambda r: r.get("start_time") or r.get("expected_start_time") or "")
     return [(r["name"], float(r.get("total_run_time") or 0)) for r in runs]

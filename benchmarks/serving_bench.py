@@ -143,13 +143,13 @@ async def run(engine_dir: Path, levels: list[int], max_tokens: int, rounds: int,
     import psutil
 
     max_seqs = max(levels)
-    server = start_server(engine_dir, max_seqs, port) if mode in ("both", "server") else None
-    me = psutil.Process()
-    server_procs = {"client": me} | ({"server": psutil.Process(server.proc.pid)} if server else {})
-    engine = None
+    engine = server = None
     inproc: list[Level] = []
     served: list[Level] = []
     try:
+        server = start_server(engine_dir, max_seqs, port) if mode in ("both", "server") else None
+        me = psutil.Process()
+        server_procs = {"client": me} | ({"server": psutil.Process(server.proc.pid)} if server else {})
         if mode in ("both", "inproc"):
             engine, one_inproc = inproc_runner(engine_dir, max_seqs, max_tokens)
             await one_inproc(-1)  # warm-up
@@ -195,6 +195,9 @@ def default_engine() -> Path:
 
 
 def main() -> None:
+    from onramp.signals import exit_on_signals
+
+    exit_on_signals()  # SIGTERM stops the server child too
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", type=Path, default=None)
     ap.add_argument("--concurrency", default="1,4,16")

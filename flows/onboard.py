@@ -1,7 +1,7 @@
 """The onboard flow: one run per (repo, revision), from a Hub revision to the served model.
 
-    pull -> plan -> build (one task per layout, concurrently) -> evaluate -> gate
-         -> register -> [approval] -> promote -> serving swaps
+    pull -> plan -> build (one task per layout, concurrently) -> evaluate -> latency A/B vs production
+         -> gate -> register -> [approval] -> promote -> serving swaps
 
 Tasks are thin: each calls one plain function of :mod:`flows.steps` (which calls builders,
 evals, registry). Idempotent: builders reuse a finished build with the same build_id, evals
@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flows import steps
 from flows.errors import OnboardError
-from flows.steps import EvalResult, GateOutcome, LayoutPlan
+from flows.steps import EvalResult, GateOutcome, LatencyAB, LayoutPlan
 from onramp.settings import Settings, load_settings
 
 
@@ -44,7 +44,8 @@ class OnboardConfig(BaseModel):
                                                     "default: int8 on CPUs, the checkpoint's dtype on GPUs.")
     profile: str = Field("quick", description="Eval profile (evals/profiles.yaml): quick or full.")
     gates: str | None = Field(None, description="Gates YAML file; default: evals/gates.yaml.")
-    latency: bool = Field(True, description="Measure latency (Poisson load) besides quality.")
+    latency: bool = Field(True, description="Measure latency besides quality: a Poisson sweep (reported) and, "
+                                            "when there is a production version, an A/B against it (gated).")
     approve: bool = Field(False, description="Wait for a human approval (in the Prefect UI) before promotion.")
     approval_timeout_s: int = Field(3600, ge=1)
     promote: bool = Field(True, description="Promote a build that passed its gates to production.")
@@ -163,10 +164,16 @@ def evaluate_task(engine_dir: Path, reference_dir: Path, profile: str, settings:
     return steps.evaluate(engine_dir, reference_dir, profile, settings, latency=latency)
 
 
+@task(name="latency-ab", cache_policy=NO_CACHE, task_run_name="latency-ab-{layout_key}")
+def latency_ab_task(registry: Any, name: str, engine_dir: Path, profile: str, settings: Settings,
+                    layout_key: str) -> LatencyAB:
+    return steps.latency_ab(registry, name, engine_dir, profile, settings)
+
+
 @task(name="gate", cache_policy=NO_CACHE, task_run_name="gate-{layout_key}")
 def gate_task(metrics: dict[str, float], gates: str | None, production: dict[str, float] | None,
-              latency: bool, layout_key: str) -> GateOutcome:
-    return steps.gate(metrics, gates, production, latency=latency)
+              latency: bool, ab: LatencyAB | None, layout_key: str) -> GateOutcome:
+    return steps.gate(metrics, gates, production, latency=latency, ab=ab)
 
 
 @task(name="production-metrics", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
@@ -254,7 +261,7 @@ def onboard(config: OnboardConfig) -> OnboardResult:
                 outcome.status, outcome.engine_dir = ("built" if made_now else "reused"), str(engine_dir)
                 outcome.build_id, outcome.build_seconds = manifest["build_id"], manifest.get("build_seconds")
                 outcome.reason = p.reason
-                result.model = result.model or manifest["name"]
+                result.model = result.model or steps.model_name(manifest)
                 result.builds_made += int(made_now)
             else:
                 try:
@@ -281,14 +288,17 @@ def onboard(config: OnboardConfig) -> OnboardResult:
     gates: dict[str, GateOutcome] = {}
     for o in built:
         try:
-            evals[o.key] = evaluate_task(Path(o.engine_dir), checkpoint, config.profile, settings, config.latency,
-                                         layout_key=o.key)
+            evaluated = evaluate_task(Path(o.engine_dir), checkpoint, config.profile, settings, config.latency,
+                                      layout_key=o.key)
+            ab = latency_ab_task(registry, result.model, Path(o.engine_dir), config.profile, settings,
+                                 layout_key=o.key) if config.latency else None
         except Exception as exc:  # noqa: BLE001 (one layout's eval failure does not stop the others)
             o.status, o.reason = "eval-failed", str(exc).splitlines()[0][:300]
             logger.warning("evaluating %s failed: %s", o.key, o.reason)
             continue
-        result.evals_run += int(not evals[o.key].cached)
-        gates[o.key] = gate_task(evals[o.key].metrics, config.gates, production, config.latency, layout_key=o.key)
+        result.evals_run += int(not evaluated.cached)
+        evals[o.key] = steps.with_ab(evaluated, ab)
+        gates[o.key] = gate_task(evaluated.metrics, config.gates, production, config.latency, ab, layout_key=o.key)
         o.gate = "passed" if gates[o.key].passed else "failed"
     create_markdown_artifact(key=f"{slug}-evals", markdown=_eval_markdown(config.repo, sha, evals, gates),
                              description=f"Evals and gates of {config.repo}@{sha[:12]}")

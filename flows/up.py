@@ -1,6 +1,9 @@
 """``onramp up``: every service of onramp on one machine, as child processes.
 
-- the Prefect server (API + UI) on ``prefect_port``, its database under ``$ONRAMP_HOME/prefect``;
+- the Prefect server (API + UI) on ``prefect_port``, its database under ``$ONRAMP_HOME/prefect``,
+  with Prefect's basic auth on (``PREFECT_SERVER_API_AUTH_STRING``: a fresh random
+  ``onramp:<secret>`` per start; every child gets it as ``PREFECT_API_AUTH_STRING``, the UI asks
+  for it) and CORS limited to the UI's own origin;
 - the MLflow server (UI) on ``mlflow_port`` over the same tracking store the flows write to
   (``mlflow_tracking_uri``, artifacts at ``mlflow_artifact_root``);
 - the deployments and work pools (``flows/deploy.py``) and a worker for the ``cpu`` pool;
@@ -8,9 +11,9 @@
   ``production`` version and swaps when the alias moves; an admin API key named ``onramp-up`` is
   made at each start and printed.
 
-Each child's output goes to ``$ONRAMP_HOME/logs/<name>.log``. The URLs (and the key) are written
-to ``$ONRAMP_HOME/up.json`` (mode 0600), which ``onramp onboard`` reads to use the running Prefect
-server. :meth:`Up.stop` (Ctrl-C in ``onramp up``) stops the children, newest first.
+Each child's output goes to ``$ONRAMP_HOME/logs/<name>.log``. The URLs, the API key and Prefect's
+auth string are written to ``$ONRAMP_HOME/up.json`` (created 0600), which ``onramp onboard`` reads
+to use the running Prefect server. :meth:`Up.stop` (Ctrl-C in ``onramp up``) stops the children, newest first.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flows.errors import UpError
-from flows.prefect_env import UP_STATE, prefect_env, write_up_state
+from flows.prefect_env import UP_STATE, new_auth_string, prefect_env, write_up_state
 from onramp.settings import Settings
 
 KEY_NAME = "onramp-up"
@@ -88,7 +91,8 @@ class Up:
 
     def __init__(self, settings: Settings, *, targets: list[str] | None = None, profile: str = "quick",
                  progress: Progress | None = None, start_timeout: float = 240.0, worker_poll_s: int = 3,
-                 services: tuple[str, ...] = SERVICES, prefect_api: str | None = None):
+                 services: tuple[str, ...] = SERVICES, prefect_api: str | None = None,
+                 prefect_auth: str | None = None):
         unknown = set(services) - set(SERVICES)
         if unknown or ("worker" in services and "prefect" not in services and not prefect_api):
             raise UpError(f"bad services {services}", f"pick from {', '.join(SERVICES)}; the worker needs prefect")
@@ -105,6 +109,8 @@ class Up:
         host = "127.0.0.1"
         self.prefect_url = f"http://{host}:{settings.prefect_port}"
         self.prefect_api = prefect_api or f"{self.prefect_url}/api"
+        # basic auth of our Prefect server (or of an outside one given with prefect_api)
+        self.prefect_auth = prefect_auth or (new_auth_string() if "prefect" in services else None)
         self.mlflow_url = f"http://{host}:{settings.mlflow_port}"
         self.api_url = f"http://{settings.api_host}:{settings.api_port}"
 
@@ -113,7 +119,7 @@ class Up:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ONRAMP_"))}
         env.update(settings_env(self.settings))
-        env.update(prefect_env(self.settings, self.prefect_api))
+        env.update(prefect_env(self.settings, self.prefect_api, self.prefect_auth))
         env["PREFECT_WORKER_QUERY_SECONDS"] = str(self.worker_poll_s)
         env["PREFECT_RUNNER_POLL_FREQUENCY"] = str(self.worker_poll_s)
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no huey job runners: the UI is all we need
@@ -121,11 +127,19 @@ class Up:
         env["HF_HUB_DISABLE_TELEMETRY"] = "1"
         return env
 
-    def _spawn(self, name: str, cmd: list[str], health: str | None) -> Child:
+    def server_env(self) -> dict[str, str]:
+        """The Prefect server's environment: its clients' plus the auth it requires, and CORS for
+        the UI's own origin only (Prefect's default is ``*``)."""
+        env = self.env()
+        env["PREFECT_SERVER_API_AUTH_STRING"] = self.prefect_auth or ""
+        env["PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"] = self.prefect_url
+        return env
+
+    def _spawn(self, name: str, cmd: list[str], health: str | None, env: dict[str, str] | None = None) -> Child:
         self.logs.mkdir(parents=True, exist_ok=True)
         child = Child(name, cmd, health, self.logs / f"{name}.log")
         with child.log_path.open("ab") as logf:
-            child.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=self.env(),
+            child.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env or self.env(),
                                           cwd=str(Path(__file__).resolve().parent.parent), start_new_session=True)
         child.started = time.monotonic()
         self.children.append(child)
@@ -180,7 +194,7 @@ class Up:
             if "prefect" in want:
                 prefect = self._spawn("prefect-server", [py, "-m", "prefect", "server", "start", "--host",
                                                          "127.0.0.1", "--port", str(s.prefect_port)],
-                                      f"{self.prefect_api}/health")
+                                      f"{self.prefect_api}/health", env=self.server_env())
             if "mlflow" in want:
                 if "://" not in s.mlflow_artifact_root:
                     Path(s.mlflow_artifact_root).mkdir(parents=True, exist_ok=True)
@@ -211,11 +225,10 @@ class Up:
             raise
         state = {
             "prefect_ui": self.prefect_url, "prefect_api": self.prefect_api, "mlflow": self.mlflow_url,
-            "api": self.api_url, "api_key": self.api_key, "logs": str(self.logs),
+            "api": self.api_url, "api_key": self.api_key, "prefect_auth": self.prefect_auth, "logs": str(self.logs),
             "pids": {c.name: c.proc.pid for c in self.children if c.proc}, "started": time.time(),
         }
-        path = write_up_state(self.settings, state)
-        path.chmod(0o600)
+        write_up_state(self.settings, state)
         self.say(f"all services up in {time.monotonic() - started:.0f} s")
         return state
 

@@ -59,6 +59,13 @@ class WatchList(BaseModel):
                 raise ValueError(f"watch_orgs entry {org!r} is not an org or user name")
         return orgs
 
+    def covers(self, repo: str) -> bool:
+        """Is ``repo`` on the watch list: one of ``repos``, or a model of one of ``orgs``?
+        Compared case-insensitively, as the Hub compares repo ids."""
+        repo = repo.lower()
+        org, sep, _ = repo.partition("/")
+        return repo in {r.lower() for r in self.repos} or (bool(sep) and org in {o.lower() for o in self.orgs})
+
     @classmethod
     def from_settings(cls, settings: Settings) -> WatchList:
         try:
@@ -143,6 +150,9 @@ def find_new_revisions(watch_list: WatchList, seen: dict[str, str], *, endpoint:
                        list_org: OrgLister | None = None) -> list[Revision]:
     """The head revisions of watched repos that differ from ``seen``; one per repo, in order.
 
+    Only repos on the watch list are polled: a repo an org listing returns that is not a model
+    of that org is logged and ignored.
+
     Every repo's ``main`` is resolved to a sha with an explicit revision. A repo or org the Hub
     cannot answer for is logged and skipped (it is polled again next time); if nothing at all
     could be polled, :class:`WatchError` is raised.
@@ -154,10 +164,16 @@ def find_new_revisions(watch_list: WatchList, seen: dict[str, str], *, endpoint:
     failures: list[str] = []
     for org in watch_list.orgs:
         try:
-            repos.extend(r for r in list_org(org) if r not in repos)
+            listed = list(list_org(org))
         except WatchError as exc:
             log.warning("%s", exc)
             failures.append(org)
+            continue
+        for repo in listed:
+            if not watch_list.covers(repo):  # a listing must not widen the watch list
+                log.warning("ignoring %s listed for org %s: not on the watch list", repo, org)
+            elif repo not in repos:
+                repos.append(repo)
     new: list[Revision] = []
     for repo in repos:
         try:

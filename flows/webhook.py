@@ -4,8 +4,11 @@ A Hugging Face webhook (repo settings → Webhooks, "Repo update" events) sends 
 and the secret it was configured with in the ``X-Webhook-Secret`` header. The secret is checked
 in constant time against ``webhook_secret`` (config file or ``ONRAMP_WEBHOOK_SECRET``); a
 ``repo.content`` update of a model emits the same ``onramp.model.revision`` event as the
-watcher, so the ``onboard`` deployment's trigger starts onboarding. Other events (discussions,
-config changes, datasets, spaces, deletions) are acknowledged and ignored.
+watcher, so the ``onboard`` deployment's trigger starts onboarding. Only repos on the watch list
+(``watch_repos``, or a model of one of ``watch_orgs``) are onboarded; an update of any other repo
+is answered 200 ``{"status": "ignored", "reason": "not on the watch list"}`` and logged (a Hub
+webhook may cover a whole user or org: that is no error of the sender). Other events
+(discussions, config changes, datasets, spaces, deletions) are acknowledged and ignored too.
 
 serving's ``build_app`` mounts :data:`router`. The secret comes from ``app.state.settings``
 when the app has settings, else from :func:`onramp.settings.load_settings`.
@@ -22,6 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from flows.events import EVENT, Revision, emit_revision_event
+from onramp.errors import OnrampError
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +97,30 @@ def revision_from_payload(payload: HubWebhook) -> tuple[str | None, str | None]:
     return payload.repo.headSha, None
 
 
-@router.post("/hooks/huggingface", status_code=202)
+def _inline(schema: dict) -> dict:
+    """A pydantic JSON schema with its ``$defs`` substituted (for an inline OpenAPI request body)."""
+    defs = schema.pop("$defs", {})
+
+    def sub(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return sub(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: sub(v) for k, v in node.items()}
+        return [sub(v) for v in node] if isinstance(node, list) else node
+
+    return sub(schema)
+
+
+_ERROR_DOC = {"description": "why the webhook was refused", "content": {"application/json": {"schema": {
+    "type": "object", "required": ["error"], "properties": {"error": {"type": "object"}}}}}}
+
+
+@router.post("/hooks/huggingface", status_code=202, responses={
+    200: {"description": "not a new model revision: ignored", "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"status": {"const": "ignored"}, "reason": {"type": "string"}}}}}},
+    401: _ERROR_DOC, 422: _ERROR_DOC, 503: _ERROR_DOC | {"description": "the webhook or Prefect is not configured"}},
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": _inline(HubWebhook.model_json_schema())}}}})
 async def huggingface_webhook(request: Request) -> Any:
     """Receive a Hub webhook; emit ``onramp.model.revision`` for a new model revision."""
     settings = _settings(request)
@@ -114,6 +141,16 @@ async def huggingface_webhook(request: Request) -> Any:
     sha, ignored = revision_from_payload(payload)
     if sha is None:
         return JSONResponse({"status": "ignored", "reason": ignored}, status_code=200)
+    from flows.watch import WatchList
+
+    try:
+        watched = WatchList.from_settings(settings).covers(payload.repo.name)
+    except OnrampError as exc:
+        return _error(503, exc.what, exc.fix)
+    if not watched:
+        shown = payload.repo.name[:200].encode("unicode_escape").decode()  # no newlines in the log
+        log.info("webhook: ignored %s: not on the watch list", shown)
+        return JSONResponse({"status": "ignored", "reason": "not on the watch list"}, status_code=200)
 
     from prefect.settings import PREFECT_API_URL
 

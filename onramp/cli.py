@@ -137,6 +137,9 @@ _register_areas()
 
 
 def main() -> None:
+    from onramp.signals import exit_on_signals
+
+    exit_on_signals()  # SIGTERM runs the same clean-up as Ctrl-C: children are stopped, not orphaned
     try:
         app()
     except OnrampError as err:  # a command that forgot to catch its own

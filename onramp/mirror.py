@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -198,14 +199,18 @@ class MirrorServer:
                                      stderr=subprocess.STDOUT, env=env, start_new_session=True)
         logf.close()
         deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                code, self.proc = self.proc.returncode, None
-                raise MirrorError(f"olah exited at start (code {code}): {self.log_tail()}",
-                                  f"see {self.log_path}")
-            if self._answers():
-                return self
-            time.sleep(0.3)
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    code, self.proc = self.proc.returncode, None
+                    raise MirrorError(f"olah exited at start (code {code}): {self.log_tail()}",
+                                      f"see {self.log_path}")
+                if self._answers():
+                    return self
+                time.sleep(0.3)
+        except BaseException:  # a signal or Ctrl-C while waiting: olah must not outlive us
+            self.stop()
+            raise
         self.stop()
         raise MirrorError(f"olah did not answer on {self.url} within {self.start_timeout:.0f} s",
                           f"see {self.log_path}")
@@ -227,16 +232,23 @@ class MirrorServer:
         return lines[-1][:300] if lines else "no output"
 
     def stop(self) -> None:
+        """SIGTERM olah's process group (it is a session leader), SIGKILL it after 10 s."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self._signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._signal(signal.SIGKILL)
                 self.proc.wait()
         self.proc = None
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
     def __enter__(self) -> MirrorServer:
         return self.start()

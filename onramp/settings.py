@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     hf_endpoint: str | None = Field(
         default=None, description="Hugging Face Hub (or mirror) URL; default: $HF_ENDPOINT or the public Hub."
     )
+    hub_max_download_gb: float = Field(
+        default=200.0, gt=0, description="Largest pull from the Hub, in GB (1e9 bytes), of the files onramp downloads.")
+    hub_max_files: int = Field(default=200, ge=1, description="Most files one pull from the Hub may download.")
+    hub_timeout_s: float = Field(
+        default=30.0, gt=0, description="Timeout of each Hub HTTP call (connect, and each read of a download).")
     mirror_host: str = "127.0.0.1"
     mirror_port: int = 8090
     mirror_dir: Path | None = Field(default=None, description="Git repos of the loopback mirror.")

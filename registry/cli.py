@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("promote")
     def promote(
-        name: str = typer.Argument(..., help="Registered model (the served-model name)."),
+        name: str = typer.Argument(..., help="Registered model, ORG--NAME of its Hub repo (onramp models lists them)."),
         version: str = typer.Argument(..., help="Version number (or an alias such as candidate)."),
         force: bool = typer.Option(False, "--force", help="Promote even a version whose gates failed."),
     ) -> None:

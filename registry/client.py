@@ -5,7 +5,8 @@ One :class:`Registry` wraps an explicit :class:`mlflow.MlflowClient` (never MLfl
 
 - every onboarding is a run (:meth:`Registry.start_run`): params, metrics, reports, plots;
 - every engine build is a child run holding the engine directory as artifacts (``engine/``) and
-  a version of the registered model named after the served model (:meth:`Registry.register`),
+  a version of the registered model named after the full Hub repo id, ``org--name``
+  (:mod:`registry.names`, :meth:`Registry.register`),
   tagged with where it came from and whether it passed its gates;
 - aliases: ``candidate`` (newest build that passed), ``production`` (what serving serves),
   ``previous_production`` (what :meth:`Registry.rollback` restores);
@@ -41,6 +42,7 @@ from registry.errors import (
     PromotionError,
     RegistryError,
 )
+from registry.names import registered_name
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -414,7 +416,10 @@ class Registry:
         gate_passed: bool,
         metrics: dict[str, float] | None = None,
     ) -> str:
-        """Register a built engine as a new version of the model named after it; return the version.
+        """Register a built engine as a new version of its model; return the version.
+
+        The model is named after the engine's Hub repo (``ORG/NAME`` → ``org--name``, see
+        :mod:`registry.names`; the manifest's name when it has no repo) unless ``name`` is given.
 
         The engine directory becomes the artifacts (``engine/``) of a new run — a child of
         ``run_id`` (the onboarding run) when given. Only when every file is stored and listed
@@ -431,13 +436,15 @@ class Registry:
             raise RegistryError(f"engine directory {engine_dir} does not exist", "pass a built engine directory")
         manifest = _read_manifest(engine_dir)
         _verify(engine_dir, manifest, f"engine {engine_dir}")
-        name = name or _get(manifest, "name")
+        source = _get(manifest, "source")
+        if not name and _get(manifest, "name"):
+            name = registered_name(_get(source, "repo"), str(_get(manifest, "name")))
         if not name:
             raise RegistryError(f"{engine_dir}/manifest.json names no model", "pass name=... to register()")
         if any(c in name for c in "/:") or name != name.strip():
             raise RegistryError(f"{name!r} cannot be a registered model name (no '/', ':' or outer spaces)",
-                                "pass name=... with the served-model name, e.g. smollm2-135m-instruct")
-        source = _get(manifest, "source")
+                                "pass name=... as the repo id with '--' for '/', e.g. "
+                                "huggingfacetb--smollm2-135m-instruct")
         layout = _get(manifest, "layout")
         version_tags: dict[str, str] = {
             "hf_repo": str(_get(source, "repo") or ""),
@@ -603,6 +610,10 @@ class Registry:
         """The version serving must serve, or None if nothing was promoted yet."""
         version = self.alias_version(name, PRODUCTION)
         return None if version is None else self._info(self._version(name, version))
+
+    def version_info(self, name: str, version_or_alias: str | int) -> VersionInfo:
+        """One version (a number or an alias) with its tags; ``.gate`` says whether it passed."""
+        return self._info(self._version(name, version_or_alias))
 
     def _history(self, name: str) -> list[str]:
         model = self.client.get_registered_model(name)

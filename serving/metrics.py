@@ -31,6 +31,9 @@ class Metrics:
                                  ["model", "version", "backend"], registry=r)
         self.swaps = Counter("onramp_engine_swaps", "Engine swaps by model and result.", ["model", "result"],
                              registry=r)
+        self.swap_failures = Counter(
+            "onramp_swap_failures", "Failed attempts to bring in a new engine (load, warm-up, timeout; the "
+            "registry follower's fetches too).", ["model"], registry=r)
 
     def set_active(self, model: str, version: str, backend: str) -> None:
         for sample in list(self.engine_info.collect()[0].samples):

@@ -24,6 +24,42 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_CACHE = Path(os.environ.get("ONRAMP_TEST_CACHE") or REPO_ROOT / ".cache" / "test").resolve()
 
 
+def descendants(pid: int) -> list:
+    """The processes ``pid`` started, and theirs (psutil.Process objects)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def left_running(procs: list, timeout: float = 90.0) -> list:
+    """Wait (event-driven, up to a generous ``timeout``) until every process in ``procs`` has
+    exited; return those still running (zombies count as exited)."""
+    import psutil
+
+    def running(p) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    _, alive = psutil.wait_procs([p for p in procs if running(p)], timeout=timeout)
+    return [p for p in alive if running(p)]
+
+
+def kill_all(procs: list) -> None:
+    """Clean-up of a failed test: SIGKILL what is left."""
+    import psutil
+
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 @pytest.fixture(autouse=True)
 def onramp_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "onramp-home"

@@ -52,6 +52,19 @@ def test_orgs_are_listed_and_a_missing_repo_does_not_stop_the_others(hub_mirror,
     assert "nobody/missing-model" in caplog.text
 
 
+def test_an_org_listing_cannot_widen_the_watch_list(hub_mirror, mirror_repo, tiny_llama, caplog):
+    repo, sha = mirror_repo
+    org = repo.split("/")[0]
+    stranger = f"someone/{repo.split('/')[1]}"  # the same name under another owner
+    publish(stranger, tiny_llama, hub_mirror.mirror_dir)
+    new = find_new_revisions(WatchList(orgs=[org]), {}, endpoint=hub_mirror.url,
+                             list_org=lambda _: [repo, stranger])
+    assert [(r.repo, r.sha) for r in new] == [(repo, sha)]
+    assert f"ignoring {stranger} listed for org {org}: not on the watch list" in caplog.text
+    assert WatchList(repos=["Acme/Model"], orgs=["Org"]).covers("acme/model")
+    assert WatchList(orgs=["org"]).covers("ORG/x") and not WatchList(orgs=["org"]).covers("org2/x")
+
+
 def test_nothing_reachable_is_an_error(hub_mirror):
     with pytest.raises(WatchError, match="could not poll any"):
         find_new_revisions(WatchList(repos=["nobody/missing-model"]), {}, endpoint=hub_mirror.url)

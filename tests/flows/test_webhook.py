@@ -29,6 +29,8 @@ def _payload(repo: str = "acme/tiny-chat", sha: str = "a" * 40, **event) -> dict
 @pytest.fixture
 def client(monkeypatch):
     monkeypatch.setenv("ONRAMP_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("ONRAMP_WATCH_ORGS", "acme")
+    monkeypatch.setenv("ONRAMP_WATCH_REPOS", "HuggingFaceTB/SmolLM2-135M-Instruct")
     app = FastAPI()
     app.include_router(router)
     app.state.settings = load_settings()
@@ -92,3 +94,20 @@ def test_updated_refs_pick_main(prefect_server, client):
     body["updatedRefs"] = [{"ref": "refs/heads/dev", "oldSha": "0" * 40, "newSha": "d" * 40}]
     resp = client.post("/hooks/huggingface", json=body, headers={"X-Webhook-Secret": SECRET})
     assert resp.status_code == 200 and resp.json()["reason"] == "main was not updated"
+
+
+def test_repos_off_the_watch_list_are_ignored(prefect_server, client, caplog):
+    caplog.set_level("INFO", logger="flows.webhook")
+    started = time.time() - 1
+    for repo in ("someone/SmolLM2-135M-Instruct", "acmeX/model", "huggingfacetb/other-model"):
+        resp = client.post("/hooks/huggingface", json=_payload(repo, "e" * 40), headers={"X-Webhook-Secret": SECRET})
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"status": "ignored", "reason": "not on the watch list"}
+        assert f"ignored {repo}: not on the watch list" in caplog.text
+    # on the list (a repo id, compared case-insensitively as the Hub does): accepted
+    watched = "huggingfacetb/smollm2-135m-instruct"
+    resp = client.post("/hooks/huggingface", json=_payload(watched, "e" * 40), headers={"X-Webhook-Secret": SECRET})
+    assert resp.status_code == 202, resp.text
+    events = read_events(EVENT, since=started)
+    assert [e["payload"]["repo"] for e in events if e["payload"]["sha"] == "e" * 40] == [watched]
+    assert load_seen(state_path(load_settings())) == {watched: "e" * 40}

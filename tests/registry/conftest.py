@@ -114,14 +114,14 @@ def s3(moto_s3, monkeypatch) -> S3:
 
 @pytest.fixture
 def make_engine(tmp_path):
-    """``make_engine(tag, big=0)``: an engine dir with a manifest (builders.manifest) of every file.
+    """``make_engine(tag, big=0, repo=...)``: an engine dir with a manifest (builders.manifest) of every file.
 
     ``big`` adds a random file of that many bytes (to exercise multipart uploads).
     """
     from builders import manifest as bm
 
     def make(tag: str = "a", *, big: int = 0, name: str = "smollm2-135m-instruct",
-             revision: str | None = None) -> Path:
+             revision: str | None = None, repo: str = "HuggingFaceTB/SmolLM2-135M-Instruct") -> Path:
         out = tmp_path / f"engine-{tag}-{uuid.uuid4().hex[:6]}"
         out.mkdir()
         (out / "openvino_model.xml").write_text(f"<net name='{tag}'/>\n")
@@ -132,7 +132,7 @@ def make_engine(tmp_path):
         revision = revision or hashlib.sha1(tag.encode()).hexdigest()
         data = bm.Manifest(
             name=name,
-            source=bm.Source(repo="HuggingFaceTB/SmolLM2-135M-Instruct", revision=revision, path=str(out)),
+            source=bm.Source(repo=repo, revision=revision, path=str(out)),
             backend="openvino",
             backend_version="2026.4.1",
             builder_version="0.1.0",

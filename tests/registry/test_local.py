@@ -11,7 +11,7 @@ from onramp.cli import app
 from registry.client import CANDIDATE, PREVIOUS, PRODUCTION, Registry
 from registry.errors import IntegrityError, ModelNotFoundError, PromotionError
 
-NAME = "smollm2-135m-instruct"
+NAME = "huggingfacetb--smollm2-135m-instruct"  # registered: the full repo id
 
 
 def test_onboarding_run_and_embedded_defaults(onramp_home, make_engine):
@@ -184,3 +184,30 @@ def test_partial_downloads_are_never_used(make_engine):
     assert path == final and (path / "config.json").read_bytes() == (engine / "config.json").read_bytes()
     assert not stale.exists()
     assert [p.name for p in final.parent.iterdir()] == [version]
+
+
+def test_same_basename_under_two_orgs_are_two_models(make_engine):
+    """someone/SmolLM2-135M-Instruct must not take over HuggingFaceTB/SmolLM2-135M-Instruct's production."""
+    reg = Registry()
+    ours = reg.register(make_engine("ours"), gate_passed=True)
+    reg.promote(NAME, ours)
+    theirs_name = "someone--smollm2-135m-instruct"
+    theirs = reg.register(make_engine("theirs", repo="someone/SmolLM2-135M-Instruct"), gate_passed=True)
+    reg.promote(theirs_name, theirs)
+    assert sorted(reg.model_names()) == [NAME, theirs_name]
+    assert reg.get_production(NAME).tags["hf_repo"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert reg.get_production(theirs_name).tags["hf_repo"] == "someone/SmolLM2-135M-Instruct"
+    assert "'ours'" in (reg.fetch(NAME, PRODUCTION) / "openvino_model.xml").read_text()
+    assert "'theirs'" in (reg.fetch(theirs_name, PRODUCTION) / "openvino_model.xml").read_text()
+
+
+def test_registered_names_and_short_aliases():
+    from registry.names import registered_name, short_aliases
+
+    assert registered_name("HuggingFaceTB/SmolLM2-135M-Instruct", "x") == NAME
+    assert registered_name(None, "smollm2-135m-instruct") == "smollm2-135m-instruct"  # a local checkpoint
+    assert short_aliases([NAME, "acme--tiny"]) == {"smollm2-135m-instruct": NAME, "tiny": "acme--tiny"}
+    # two orgs share the short name: neither gets it
+    assert short_aliases([NAME, "someone--smollm2-135m-instruct", "acme--tiny"]) == {"tiny": "acme--tiny"}
+    # a registered model named like the short name keeps it
+    assert short_aliases([NAME, "smollm2-135m-instruct"]) == {}

@@ -8,6 +8,7 @@ import pytest
 
 from builders.manifest import read_manifest
 from registry.client import CANDIDATE, PRODUCTION
+from registry.names import registered_name
 
 
 @pytest.mark.slow
@@ -15,7 +16,7 @@ def test_register_and_fetch_the_reference_engine(ov_int8_engine, s3, registry_fa
     manifest = read_manifest(ov_int8_engine)
     reg = registry_factory(s3.root)
     version = reg.register(ov_int8_engine, gate_passed=True, metrics={"word_perplexity": 61.9})
-    name = manifest.name
+    name = registered_name(manifest.source.repo, manifest.name)  # huggingfacetb--smollm2-135m-instruct
     assert reg.aliases(name) == {CANDIDATE: version}
     tags = reg.client.get_model_version(name, version).tags
     assert tags["hf_repo"] == manifest.source.repo and tags["backend"] == "openvino"

@@ -11,6 +11,7 @@ import pytest
 from registry.client import CANDIDATE, PREVIOUS, PRODUCTION
 from registry.errors import ArtifactStoreError, IntegrityError
 
+NAME = "huggingfacetb--smollm2-135m-instruct"  # the registered model of the full repo id
 BIG = 9 * 1024 * 1024  # above boto3's 8 MiB multipart threshold
 
 
@@ -18,10 +19,10 @@ def test_two_versions_promote_rollback_fetch(s3, make_engine, registry_factory):
     reg = registry_factory(s3.root)
     e1, e2 = make_engine("one", big=BIG), make_engine("two")
     v1 = reg.register(e1, gate_passed=True, metrics={"ppl_ratio": 1.01})
-    assert reg.aliases("smollm2-135m-instruct") == {CANDIDATE: v1}
+    assert reg.aliases(NAME) == {CANDIDATE: v1}
     v2 = reg.register(e2, gate_passed=True)
     assert (v1, v2) == ("1", "2")
-    assert reg.aliases("smollm2-135m-instruct") == {CANDIDATE: "2"}
+    assert reg.aliases(NAME) == {CANDIDATE: "2"}
 
     # engine files are in S3 under the run's artifacts; the large one went up in parts
     objects = s3.objects()
@@ -34,21 +35,21 @@ def test_two_versions_promote_rollback_fetch(s3, make_engine, registry_factory):
     # tags on the version
     info = reg.list_models()[0]
     tags = info.versions[-1].tags
-    assert info.name == "smollm2-135m-instruct"
+    assert info.name == NAME
     assert {k: tags[k] for k in ("hf_repo", "backend", "layout", "quantization", "builder_version", "gate")} == {
         "hf_repo": "HuggingFaceTB/SmolLM2-135M-Instruct", "backend": "openvino",
         "layout": "cpu-tp1-pp1-bf16-int8", "quantization": "int8", "builder_version": "0.1.0", "gate": "passed",
     }
     assert len(tags["hf_revision"]) == 40
 
-    assert reg.promote("smollm2-135m-instruct", v1) is None
-    assert reg.get_production("smollm2-135m-instruct").version == "1"
-    assert reg.promote("smollm2-135m-instruct", v2) == "1"
-    assert reg.aliases("smollm2-135m-instruct") == {CANDIDATE: "2", PRODUCTION: "2", PREVIOUS: "1"}
-    assert reg.rollback("smollm2-135m-instruct") == "1"
-    assert reg.aliases("smollm2-135m-instruct") == {CANDIDATE: "2", PRODUCTION: "1"}
+    assert reg.promote(NAME, v1) is None
+    assert reg.get_production(NAME).version == "1"
+    assert reg.promote(NAME, v2) == "1"
+    assert reg.aliases(NAME) == {CANDIDATE: "2", PRODUCTION: "2", PREVIOUS: "1"}
+    assert reg.rollback(NAME) == "1"
+    assert reg.aliases(NAME) == {CANDIDATE: "2", PRODUCTION: "1"}
 
-    path = reg.fetch("smollm2-135m-instruct", PRODUCTION)
+    path = reg.fetch(NAME, PRODUCTION)
     assert path.name == "1" and (path / "weights_big.bin").read_bytes() == (e1 / "weights_big.bin").read_bytes()
     assert sorted(p.name for p in path.iterdir() if not p.name.startswith(".")) == sorted(
         p.name for p in e1.iterdir())
@@ -56,7 +57,7 @@ def test_two_versions_promote_rollback_fetch(s3, make_engine, registry_factory):
     for key in objects:
         if "/engine/" in key:
             s3.client.delete_object(Bucket=s3.bucket, Key=key)
-    assert reg.fetch("smollm2-135m-instruct", "1") == path
+    assert reg.fetch(NAME, "1") == path
 
 
 def test_corrupted_object_is_refused(s3, make_engine, registry_factory):
@@ -65,7 +66,7 @@ def test_corrupted_object_is_refused(s3, make_engine, registry_factory):
     key = next(k for k in s3.objects() if k.endswith("/engine/openvino_model.xml"))
     s3.client.put_object(Bucket=s3.bucket, Key=key, Body=b"<net name='tampered'/>\n")
     with pytest.raises(IntegrityError, match="openvino_model.xml") as err:
-        reg.fetch("smollm2-135m-instruct", version)
+        reg.fetch(NAME, version)
     assert "re-register" in str(err.value)
     # nothing of it in the cache: no version dir, no partial download
     cached = [p for p in reg.cache_dir.rglob("*") if p.is_file()]
@@ -88,7 +89,7 @@ def test_rewritten_manifest_in_s3_is_refused(s3, make_engine, registry_factory):
         key = next(k for k in keys if k.endswith(f"/engine/{rel}"))
         s3.client.put_object(Bucket=s3.bucket, Key=key, Body=(engine / rel).read_bytes())
     with pytest.raises(IntegrityError, match="manifest.json does not match the sha256 registered"):
-        reg.fetch("smollm2-135m-instruct", version)
+        reg.fetch(NAME, version)
     assert not any(p.is_file() for p in reg.cache_dir.rglob("*"))
 
 
@@ -116,7 +117,7 @@ def test_s3_unreachable_retries_then_fails_cleanly(s3, make_engine, registry_fac
     assert runs[0].info.status == "FAILED" and runs[1].info.status == "FINISHED"
     # a fetch of the good version fails just as clearly and leaves no partial copy
     with pytest.raises(ArtifactStoreError, match="unreachable"):
-        reg.fetch("smollm2-135m-instruct", v1)
+        reg.fetch(NAME, v1)
     assert not any(p.is_file() for p in reg.cache_dir.rglob("*"))
 
 
@@ -124,9 +125,9 @@ def test_cached_copy_damaged_locally_is_fetched_again(s3, make_engine, registry_
     reg = registry_factory(s3.root)
     engine = make_engine("d")
     version = reg.register(engine, gate_passed=True)
-    path = reg.fetch("smollm2-135m-instruct", version)
+    path = reg.fetch(NAME, version)
     (path / "config.json").write_text("{}")
-    again = reg.fetch("smollm2-135m-instruct", version)
+    again = reg.fetch(NAME, version)
     assert again == path and (again / "config.json").read_bytes() == (engine / "config.json").read_bytes()
     shutil.rmtree(path)
 
@@ -145,8 +146,8 @@ def test_s3_drops_mid_upload_and_the_retry_completes_it(s3, flaky_proxy, make_en
     version = reg.register(engine, gate_passed=True)
     assert flaky_proxy.outages == 1
     assert any("failed (attempt 1/4)" in r.getMessage() for r in caplog.records)
-    assert reg.aliases("smollm2-135m-instruct") == {CANDIDATE: version}
-    path = reg.fetch("smollm2-135m-instruct", version)  # verified: the retried upload is whole
+    assert reg.aliases(NAME) == {CANDIDATE: version}
+    path = reg.fetch(NAME, version)  # verified: the retried upload is whole
     assert (path / "weights_big.bin").read_bytes() == (engine / "weights_big.bin").read_bytes()
 
 
@@ -183,4 +184,4 @@ def test_moving_the_artifact_root_to_s3_is_honoured(s3, make_engine, onramp_home
     assert sum(k.endswith("/engine/manifest.json") for k in s3.objects()) == 1
     assert moved.experiment_name == f"onramp @ {s3.root}"
     # one registry: both versions fetch, each from its own store
-    assert moved.fetch("smollm2-135m-instruct", "1").is_dir() and moved.fetch("smollm2-135m-instruct", "2").is_dir()
+    assert moved.fetch(NAME, "1").is_dir() and moved.fetch(NAME, "2").is_dir()

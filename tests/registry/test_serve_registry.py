@@ -37,9 +37,12 @@ def _wait_for(url, name, version, proc, log, timeout=240.0) -> None:
 
 @pytest.mark.slow
 def test_serve_registry_swaps_on_promote_and_rollback(ov_int8_engine, onramp_home, tmp_path):
+    import openai
     from openai import OpenAI
 
-    name = read_manifest(ov_int8_engine).name
+    manifest = read_manifest(ov_int8_engine)
+    name, short = "huggingfacetb--smollm2-135m-instruct", manifest.name  # the full repo id; the short alias
+    assert manifest.source.repo == "HuggingFaceTB/SmolLM2-135M-Instruct" and short == "smollm2-135m-instruct"
     reg = Registry()
     v1 = reg.register(ov_int8_engine, gate_passed=True)
     v2 = reg.register(ov_int8_engine, gate_passed=True)  # a re-registration: a new version, same files
@@ -54,8 +57,25 @@ def test_serve_registry_swaps_on_promote_and_rollback(ov_int8_engine, onramp_hom
             model=name, messages=[{"role": "user", "content": PARIS_QUESTION}], max_tokens=12,
             temperature=0)
         assert "Paris" in reply.choices[0].message.content
+        # the short name is an alias while no other registered model shares it
+        cards = {m["id"]: m for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]}
+        assert cards[short]["root"] == name and cards[short]["version"] == v1
+        reply = client.chat.completions.create(model=short, messages=[{"role": "user", "content": "Hi"}],
+                                               max_tokens=2)
+        assert reply.choices[0].finish_reason in ("length", "stop")
 
         reg.promote(name, v2)
         _wait_for(url, name, v2, proc, log)
         assert reg.rollback(name) == v1
         _wait_for(url, name, v1, proc, log)  # serving enters an engine only after its warm-up
+
+        # another org's model of the same name: two registered models, and the short alias goes away
+        other = "someone--smollm2-135m-instruct"
+        assert reg.register(ov_int8_engine, name=other, gate_passed=True) == "1"
+        deadline = time.monotonic() + 120
+        while short in {m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]}:
+            assert time.monotonic() < deadline, "the ambiguous short alias is still served"
+            time.sleep(0.5)
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model=short, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+        assert reg.alias_version(name, "production") == v1 and _served_version(url, name, proc, log) == v1

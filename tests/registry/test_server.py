@@ -6,7 +6,7 @@ import pytest
 
 from registry.client import CANDIDATE, PREVIOUS, PRODUCTION
 
-NAME = "smollm2-135m-instruct"
+NAME = "huggingfacetb--smollm2-135m-instruct"  # registered: the full repo id
 
 
 @pytest.mark.slow
