@@ -8,7 +8,10 @@ evals, registry). Idempotent: builders reuse a finished build with the same buil
 are cached by (build_id, profile), and a build already registered is not registered again;
 a rerun of the same revision builds nothing. A failed layout does not stop the others; a
 failed gate never promotes (the run ends Failed, the version is registered with
-``gate=failed``); only tasks that touch the network (pull, register, promote) retry.
+``gate=failed``). Calls to the Hub, MLflow and S3 are retried where they are made (onramp.hub,
+registry: bounded, on typed network errors), so no task adds a second retry layer. A build of a
+Hub revision older than production's is registered but not promoted (registry.promotion: when
+two onboardings of a repo race, the newer revision ends in production).
 """
 
 from __future__ import annotations
@@ -114,21 +117,11 @@ class OnboardResult(BaseModel):
 
 # ------------------------------------------------------------------------------ tasks
 
-def transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry network failures only: a missing repo, pickled weights, a damaged engine or a refused
-    promotion fail at once instead of after every retry."""
-    exc = state.data if isinstance(state.data, BaseException) else None
-    from onramp.hub import HubError
-    from registry.errors import IntegrityError, ModelNotFoundError, PromotionError
-
-    if isinstance(exc, HubError):  # a 404 the Hub client did not name (e.g. an unknown sha) is no outage
-        return exc.what.startswith("cannot reach") and "404" not in exc.what and "NotFound" not in exc.what
-    return not isinstance(exc, (IntegrityError, ModelNotFoundError, PromotionError, OnboardError))
-
-
-@task(name="pull", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=transient)
-def pull_task(repo: str, revision: str, settings: Settings) -> tuple[Path, str]:
-    return steps.pull(repo, revision, settings)
+@task(name="pull", cache_policy=NO_CACHE)
+def pull_task(repo: str, revision: str, settings: Settings) -> tuple[Path, str, str | None]:
+    """``(checkpoint, sha, commit date)``: the date orders this revision against production's."""
+    checkpoint, sha = steps.pull(repo, revision, settings)
+    return checkpoint, sha, steps.revision_date(repo, sha, settings)
 
 
 @task(name="plan", cache_policy=NO_CACHE)
@@ -176,22 +169,20 @@ def gate_task(metrics: dict[str, float], gates: str | None, production: dict[str
     return steps.gate(metrics, gates, production, latency=latency, ab=ab)
 
 
-@task(name="production-metrics", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
-      retry_condition_fn=transient)
+@task(name="production-metrics", cache_policy=NO_CACHE)
 def production_metrics_task(registry: Any, name: str) -> dict[str, float] | None:
     return steps.production_metrics(registry, name)
 
 
-@task(name="register", cache_policy=NO_CACHE, task_run_name="register-{layout_key}", retries=2,
-      retry_delay_seconds=[5, 20], retry_condition_fn=transient)
+@task(name="register", cache_policy=NO_CACHE, task_run_name="register-{layout_key}")
 def register_task(registry: Any, engine_dir: Path, run_id: str | None, gate_passed: bool,
                   metrics: dict[str, float], tags: dict[str, str], layout_key: str) -> tuple[str, str, bool]:
     return steps.register(registry, engine_dir, run_id=run_id, gate_passed=gate_passed, metrics=metrics, tags=tags)
 
 
-@task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=transient)
-def promote_task(registry: Any, name: str, version: str) -> str | None:
-    return registry.promote(name, version)
+@task(name="promote", cache_policy=NO_CACHE)
+def promote_task(registry: Any, name: str, version: str) -> steps.PromoteOutcome:
+    return steps.promote(registry, name, version)
 
 
 @task(name="serving-swap", cache_policy=NO_CACHE)
@@ -238,7 +229,7 @@ def onboard(config: OnboardConfig) -> OnboardResult:
 
     logger = get_run_logger()
     settings = load_settings()
-    checkpoint, sha = pull_task(config.repo, config.revision, settings)
+    checkpoint, sha, committed = pull_task(config.repo, config.revision, settings)
     logger.info("pulled %s@%s into %s", config.repo, sha[:12], checkpoint)
     slug = _slug(config.repo)
     result = OnboardResult(repo=config.repo, sha=sha)
@@ -316,7 +307,8 @@ def onboard(config: OnboardConfig) -> OnboardResult:
         if o.key not in evals:
             continue
         name, version, _ = register_task(registry, Path(o.engine_dir), parent.run_id, o.gate == "passed",
-                                         evals[o.key].metrics, {"profile": config.profile, "layout_key": o.key},
+                                         evals[o.key].metrics, {"profile": config.profile, "layout_key": o.key,
+                                                                "hf_revision_date": committed},
                                          layout_key=o.key)
         o.version = version
     result.layouts = list(outcomes.values())
@@ -355,16 +347,20 @@ def onboard(config: OnboardConfig) -> OnboardResult:
             result.message = f"promotion declined by a human: {answer.comment or 'no comment'}"
             create_markdown_artifact(key=f"{slug}-result", markdown=f"**Not promoted**: {result.message}.")
             return result
-    if config.promote:
-        result.previous_production = promote_task(registry, result.model, chosen.version)
-        result.promoted = True
+    promoted = promote_task(registry, result.model, chosen.version) if config.promote else None
+    if promoted is not None:
+        result.previous_production, result.promoted = promoted.previous, promoted.promoted
         services = _running_services(settings)
-        if services and config.serving_timeout_s > 0:
+        if promoted.promoted and services and config.serving_timeout_s > 0:
             result.served = serving_swap_task(services["api"], services.get("api_key"), result.model,
                                               chosen.version, config.serving_timeout_s)
     _mark_seen(settings, config.repo, sha)
-    result.message = (f"{result.model} version {result.version} is production"
-                      if result.promoted else f"{result.model} version {result.version} passed (not promoted)")
+    if result.promoted:
+        result.message = f"{result.model} version {result.version} is production"
+    elif promoted is not None:
+        result.message = f"{result.model} version {result.version} passed, not promoted: {promoted.reason}"
+    else:
+        result.message = f"{result.model} version {result.version} passed (not promoted)"
     create_markdown_artifact(key=f"{slug}-result", markdown=f"**{result.message}** ({config.repo}@{sha[:12]}; "
                              f"{result.builds_made} builds made, {result.evals_run} evals run).")
     logger.info(result.message)

@@ -100,6 +100,13 @@ def pull(repo: str, revision: str, settings: Settings) -> tuple[Path, str]:
                     settings=settings)
 
 
+def revision_date(repo: str, sha: str, settings: Settings) -> str | None:
+    """The commit date of ``repo@sha`` on the Hub (tagged on the model version as ``hf_revision_date``)."""
+    from onramp.hub import revision_date as hub_revision_date
+
+    return hub_revision_date(repo, sha, endpoint=settings.hf_endpoint)
+
+
 # ------------------------------------------------------------------------------ plan
 
 def default_precision(kind: str, model_dtype: str) -> str:
@@ -392,6 +399,27 @@ def register(registry: Any, engine_dir: Path, *, run_id: str | None, gate_passed
     version = registry.register(engine_dir, name=name, run_id=run_id, gate_passed=gate_passed, metrics=metrics,
                                 tags=tags)
     return name, version, True
+
+
+class PromoteOutcome(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    promoted: bool
+    previous: str | None = None
+    reason: str = ""
+
+
+def promote(registry: Any, name: str, version: str) -> PromoteOutcome:
+    """Promote ``version`` unless production already holds a newer Hub revision (then it is a normal
+    outcome, not a failure: a newer onboarding of the same repo won the race)."""
+    from registry.errors import StalePromotionError
+
+    try:
+        previous = registry.promote(name, version)
+    except StalePromotionError as exc:
+        log.info("not promoting %s version %s: %s", name, version, exc.what)
+        return PromoteOutcome(promoted=False, reason=exc.what)
+    return PromoteOutcome(promoted=True, previous=previous)
 
 
 def tracking_links(registry: Any, name: str, version: str, run_id: str | None, ui: str | None) -> dict[str, str]:
