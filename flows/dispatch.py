@@ -101,10 +101,10 @@ def publish_build(engine_dir: Path, settings: Settings, flow_run_id: str) -> tup
 
     registry = Registry(settings)
     manifest = steps.read_build(engine_dir)
-    name = manifest["name"]
+    name = steps.model_name(manifest)
     version = steps.find_version(registry, name, manifest["build_id"])
     if version is None:
-        version = registry.register(engine_dir, gate_passed=False, tags={"gate": PENDING})
+        version = registry.register(engine_dir, name=name, gate_passed=False, tags={"gate": PENDING})
     registry.client.set_model_version_tag(name, version, FLOW_RUN_TAG, flow_run_id)
     return name, version
 
@@ -113,9 +113,10 @@ def fetch_published(settings: Settings, repo: str, flow_run_id: str) -> Path:
     """The engine that the ``build-layout`` run ``flow_run_id`` published, fetched and verified."""
     from builders.build import served_name
     from registry.client import Registry
+    from registry.names import registered_name
 
     registry = Registry(settings)
-    name = served_name(repo)
+    name = registered_name(repo, served_name(repo))  # as flows.steps.model_name names the build
     found: list[Any] = [mv for mv in registry.client.search_model_versions(f"name = '{name}'")
                         if (mv.tags or {}).get(FLOW_RUN_TAG) == flow_run_id]
     if not found:

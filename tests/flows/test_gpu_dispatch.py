@@ -110,8 +110,9 @@ def test_gpu_layouts_are_built_by_a_worker_of_the_gpu_pool(prefect_server, hub_m
         assert engine_dir.is_relative_to(settings.home / "registry" / "cache")  # fetched, not the worker's dir
         manifest = steps.read_build(engine_dir)
         assert manifest["source"]["repo"] == repo and manifest["source"]["revision"] == sha
-        published = steps.find_version(registry, manifest["name"], manifest["build_id"])
-        tags = registry.client.get_model_version(manifest["name"], published).tags
+        name = steps.model_name(manifest)
+        published = steps.find_version(registry, name, manifest["build_id"])
+        tags = registry.client.get_model_version(name, published).tags
         assert tags["gate"] == "pending"
         runs = _build_layout_runs(cpu.key)
         assert len(runs) == 1 and runs[0].state.is_completed() and runs[0].work_pool_name == GPU_POOL
@@ -130,7 +131,7 @@ def test_gpu_layouts_are_built_by_a_worker_of_the_gpu_pool(prefect_server, hub_m
         assert gpu.status == "failed" and "unavailable" in gpu.reason and "build-layout run" in gpu.reason
         assert by_target["cpu"].status == "reused" and by_target["cpu"].gate == "passed"
         assert result.version == published  # the version the worker published, now judged
-        assert registry.client.get_model_version(manifest["name"], published).tags["gate"] == "passed"
+        assert registry.client.get_model_version(name, published).tags["gate"] == "passed"
         gpu_runs = _build_layout_runs(gpu.key)
         assert len(gpu_runs) == 1 and gpu_runs[0].state.is_failed() and gpu_runs[0].work_pool_name == GPU_POOL
         assert gpu_runs[0].parent_task_run_id is not None  # a subflow of the onboard run
