@@ -58,7 +58,7 @@ class ABLoad(BaseModel):
 
 # Per eval profile. ``quick`` takes about a minute for the reference model on 2 loaded cores.
 AB_LOAD: dict[str, ABLoad] = {
-    "quick": ABLoad(rounds=8, single_requests=1, concurrency=4, input_tokens=96, output_tokens=24,
+    "quick": ABLoad(rounds=6, single_requests=1, concurrency=4, input_tokens=96, output_tokens=24,
                     warmup_requests=1),
     "full": ABLoad(rounds=10, single_requests=3, concurrency=8, input_tokens=700, output_tokens=128),
 }

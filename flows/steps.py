@@ -255,8 +255,8 @@ def _markdown_of(report: Any) -> str:
 # Load for the latency sweep, per eval profile. ``quick`` keeps a CPU onboarding to about a
 # minute; ``full`` is the seed's method as evals.latency defines it (700 in / 550 out, 4 rates).
 LATENCY_LOAD: dict[str, dict[str, Any]] = {
-    "quick": {"rates": (1.0, 2.0), "requests_per_rate": 6, "input_tokens": 128, "output_tokens": 48,
-              "max_duration_s": 20.0, "single_requests": 2},
+    "quick": {"rates": (1.0, 2.0), "requests_per_rate": 4, "input_tokens": 128, "output_tokens": 48,
+              "max_duration_s": 15.0, "single_requests": 2},
     "full": {},
 }
 

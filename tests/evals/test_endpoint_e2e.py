@@ -51,7 +51,7 @@ def test_endpoint_as_quality_candidate(served_int8, reference_model):
     report = run_quality(served_int8.url, reference_model, "quick", model=SERVED, api_key=served_int8.key)
     assert report.candidate_kind == "endpoint"
     assert report.candidate_scores.model == "local-chat-completions"
-    assert report.candidate_scores.gsm8k_n == 10
+    assert report.candidate_scores.gsm8k_n == 5
     assert report.candidate_scores.word_perplexity is None  # an endpoint gives no prompt log-probabilities
     metrics = report.metrics()
     assert "perplexity_ratio" not in metrics and "kld_mean" not in metrics

@@ -135,7 +135,7 @@ def test_same_weights_new_revision_pass_the_latency_ab_with_a_cpu_hog(ov_int8_en
     from evals import latency_ab
     from registry.client import Registry
 
-    # a lighter load than the quick profile's (8 rounds) to keep the test short on a busy machine
+    # a lighter load than the quick profile's (6 rounds) to keep the test short on a busy machine
     monkeypatch.setitem(latency_ab.AB_LOAD, "quick", latency_ab.ABLoad(
         rounds=3, single_requests=1, concurrency=2, input_tokens=64, output_tokens=12, warmup_requests=1))
 
