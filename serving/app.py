@@ -28,6 +28,7 @@ from serving.auth import ADMIN, USER, KeyStore
 from serving.errors import RequestError
 from serving.metrics import CONTENT_TYPE_LATEST, Metrics
 from serving.protocol import ChatCompletionRequest, CompletionRequest, SwapRequest
+from serving.routing import ROUTE, VERSION_HEADER
 from serving.service import OpenAIService
 from serving.slots import Slots
 
@@ -152,7 +153,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 def _require(scope: str):
     async def check(request: Request) -> None:
         keys: KeyStore = request.app.state.keys
-        keys.check(request.headers.get("authorization"), scope)
+        found = keys.check(request.headers.get("authorization"), scope)
+        request.state.key_name = found.name if found is not None else None
 
     return check
 
@@ -161,13 +163,21 @@ require_user = Depends(_require(USER))
 require_admin = Depends(_require(ADMIN))
 
 
-def _stream_or_json(result) -> Response:
+def _stream_or_json(result, route: dict | None = None) -> Response:
+    extra = {VERSION_HEADER: route["version"]} if route and route.get("version") else {}
     if isinstance(result, Response):
         return result
     if isinstance(result, dict):
-        return JSONResponse(result)
+        return JSONResponse(result, headers=extra or None)
     return StreamingResponse(result, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **extra})
+
+
+def _route(request: Request, user: str | None) -> dict:
+    """The request's canary routing record (see serving.routing): keyed by ``user``, else the key name."""
+    route = {"key": user or getattr(request.state, "key_name", None)}
+    ROUTE.set(route)
+    return route
 
 
 async def _unless_disconnected(request: Request, work: Awaitable) -> Any:
@@ -201,22 +211,25 @@ def _openai_router() -> APIRouter:
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         request.state.model = _model_label(request.app.state.slots, body.model)
         service: OpenAIService = request.app.state.service
+        route = _route(request, body.user)
         work = service.chat(body, endpoint="/v1/chat/completions")
-        return _stream_or_json(await _unless_disconnected(request, work))
+        return _stream_or_json(await _unless_disconnected(request, work), route)
 
     @router.post("/chat/completions", dependencies=[require_user])
     async def pplx_chat_completions(body: ChatCompletionRequest, request: Request):
         request.state.model = _model_label(request.app.state.slots, body.model)
         service: OpenAIService = request.app.state.service
+        route = _route(request, body.user)
         work = service.chat(body, endpoint="/chat/completions", pplx=True)
-        return _stream_or_json(await _unless_disconnected(request, work))
+        return _stream_or_json(await _unless_disconnected(request, work), route)
 
     @router.post("/v1/completions", dependencies=[require_user])
     async def completions(body: CompletionRequest, request: Request):
         request.state.model = _model_label(request.app.state.slots, body.model)
         service: OpenAIService = request.app.state.service
+        route = _route(request, body.user)
         work = service.completion(body, endpoint="/v1/completions")
-        return _stream_or_json(await _unless_disconnected(request, work))
+        return _stream_or_json(await _unless_disconnected(request, work), route)
 
     def _model_card(live, alias: str | None = None) -> dict:
         info = live.engine.describe()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -104,13 +105,21 @@ def _registry_hooks(settings):
         def on_names(names: list[str]) -> None:  # short names, where no two registered models share one
             slots.set_aliases(short_aliases(names))
 
-        watcher = AliasWatcher(reg, alias="production", on_change=on_change, on_names=on_names)
+        from serving.routing import POLL_ENV, CanaryFollower, Router
+
+        interval = float(os.environ.get(POLL_ENV, "5"))
+        watcher = AliasWatcher(reg, alias="production", on_change=on_change, on_names=on_names, interval=interval)
         state["watcher"] = watcher
         await watcher.start()
+        router = Router()
+        app.state.service.router = router
+        state["canary"] = CanaryFollower(reg, slots, router, interval=interval)
+        await state["canary"].start()
 
     async def stop(app):
-        if "watcher" in state:
-            await state["watcher"].stop()
+        for key in ("canary", "watcher"):
+            if key in state:
+                await state[key].stop()
 
     def resolve(name: str, version: str) -> Path:
         return Path(reg.fetch(name, version))

@@ -7,6 +7,7 @@ HTTP errors, not a broken stream), response shapes, and metrics.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from serving.engine import ChatMessage, Delta, GenerationRequest, SamplingParams
 from serving.errors import RequestError
 from serving.metrics import Metrics
 from serving.protocol import ChatCompletionRequest, CompletionRequest, ignored_fields
+from serving.routing import ROUTE, Router
 from serving.slots import Lease, Slots
 
 log = logging.getLogger(__name__)
@@ -60,9 +62,13 @@ class _Run:
     model: str
     endpoint: str
     t0: float
+    base: str = ""  # the served name (an alias resolved), for the per-version series
+    version: str = ""
 
 
 class OpenAIService:
+    router: Router | None = None  # canary routing (serve --registry sets it)
+
     def __init__(self, slots: Slots, metrics: Metrics, *, log_prompts: bool = False,
                  default_max_tokens: int | None = None):
         self.slots = slots
@@ -86,27 +92,39 @@ class OpenAIService:
 
     async def _start(self, model: str, endpoint: str, request: GenerationRequest) -> _Run:
         t0 = time.perf_counter()
-        lease = self.slots.acquire(model)
+        route = ROUTE.get()
+        slot = self.router.pick(self.slots, model, (route or {}).get("key")) if self.router else model
+        lease = self.slots.acquire(slot)
+        base, version = self.slots.resolve(model), lease.live.version
+        if route is not None:
+            route["version"] = version
         m = self.metrics
+        m.version_requests.labels(base, version).inc()
         m.queue_depth.labels(model).inc()
         stream = lease.engine.stream(request)
         try:
             first = await stream.__anext__()
-        except BaseException:
+        except BaseException as exc:
+            if not isinstance(exc, (RequestError, asyncio.CancelledError)):
+                m.version_errors.labels(base, version).inc()
             m.queue_depth.labels(model).dec()
             await stream.aclose()
             lease.release()
             raise
         m.queue_depth.labels(model).dec()
         m.running.labels(model).inc()
-        m.ttft.labels(model).observe(time.perf_counter() - t0)
+        ttft = time.perf_counter() - t0
+        m.ttft.labels(model).observe(ttft)
+        m.version_ttft.labels(base, version).observe(ttft)
         m.requests.labels(model, endpoint, "200").inc()
-        return _Run(lease=lease, stream=stream, first=first, model=model, endpoint=endpoint, t0=t0)
+        return _Run(lease=lease, stream=stream, first=first, model=model, endpoint=endpoint, t0=t0,
+                    base=base, version=version)
 
     async def _deltas(self, run: _Run) -> AsyncIterator[Delta]:
         """Every delta of a run; releases the lease and records metrics however it ends."""
         m = self.metrics
         itl = m.itl.labels(run.model)
+        v_itl = m.version_itl.labels(run.base, run.version)
         last_delta = run.first
         last_t = time.perf_counter()
         try:
@@ -118,17 +136,24 @@ class OpenAIService:
                         gap = (now - last_t) / delta.new_tokens
                         for _ in range(delta.new_tokens):
                             itl.observe(gap)
+                            v_itl.observe(gap)
                     last_t = now
                     last_delta = delta
                     yield delta
                     if delta.finish_reason is not None:
                         break
+        except (RequestError, GeneratorExit, asyncio.CancelledError):
+            raise
+        except Exception:
+            m.version_errors.labels(run.base, run.version).inc()
+            raise
         finally:
             await run.stream.aclose()
             run.lease.release()
             m.running.labels(run.model).dec()
             m.prompt_tokens.labels(run.model).inc(last_delta.prompt_tokens)
             m.completion_tokens.labels(run.model).inc(last_delta.completion_tokens)
+            m.version_tokens.labels(run.base, run.version).inc(last_delta.completion_tokens)
 
     # ------------------------------------------------------------------ chat
     async def chat(self, req: ChatCompletionRequest, *, endpoint: str,
