@@ -71,7 +71,7 @@ class Load:
 
     def __init__(self, proxy: RoundRobin, streams: int = 3):
         self.proxy, self.streams = proxy, streams
-        self.ok, self.failures, self.versions = 0, [], {}
+        self.ok, self.failures, self.versions, self.max_tokens = 0, [], {}, 4
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
@@ -93,8 +93,8 @@ class Load:
                                      http_client=http, max_retries=0)
                 try:
                     async with client.chat.completions.with_streaming_response.create(
-                            model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, stream=True,
-                            user=f"user-{w}-{n}") as raw:
+                            model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=self.max_tokens,
+                            stream=True, user=f"user-{w}-{n}", extra_body={"ignore_eos": True}) as raw:
                         version = raw.headers.get(VERSION_HEADER)
                         text = await raw.text()
                     assert "[DONE]" in text and '"error"' not in text, text[-300:]
@@ -171,3 +171,51 @@ def test_rollout_on_two_replicas_under_load_promotes_with_no_failures(ov_int8_en
     tags = reg.client.get_model_version(NAME, v2).tags
     assert json.loads(tags["rollout.decision"])["decision"] == "promoted"
     assert json.loads(tags["rollout.step.2"])["weight"] == 100
+
+
+def _throttled_copy(engine: Path, dest: Path) -> Path:
+    """The engine with one inference thread (its manifest's runtime properties; the files are the same)."""
+    import shutil
+
+    shutil.copytree(engine, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["runtime"]["properties"]["INFERENCE_NUM_THREADS"] = 1
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return dest
+
+
+@pytest.mark.slow
+def test_a_throttled_canary_is_rolled_back_naming_the_metric(ov_int8_engine, onramp_home, tmp_path):
+    reg = Registry()
+    v1 = reg.register(ov_int8_engine, gate_passed=True)
+    v2 = reg.register(_throttled_copy(ov_int8_engine, tmp_path / "throttled"), name=NAME, gate_passed=True)
+    reg.promote(NAME, v1)
+    env = {**os.environ, POLL_ENV: "1"}
+    with run_onramp_serve(["--registry", "--no-auth"], log=tmp_path / "a.log", env=env) as a:
+        deadline = time.monotonic() + 240
+        while _version(a.url) != v1:
+            assert time.monotonic() < deadline, "the server did not load production"
+            time.sleep(0.5)
+        load = Load(RoundRobin([("127.0.0.1", int(a.url.rsplit(":", 1)[1]))]), streams=3)
+        load.max_tokens = 16
+        load.start()
+        try:
+            gates = _gates(tmp_path / "gates.yaml", ttft_p99_ratio_max=1000, decode_speed_ratio_min=0.85,
+                           error_rate_max_increase=0.0, min_requests=2)
+            done = _rollout_cli(v2, [a.url], gates, "50,100", "20s")
+        finally:
+            load.stop()
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "rolled back: decode_speed_ratio breached" in done.stdout, done.stdout + done.stderr
+        deadline = time.monotonic() + 120
+        while f"{NAME}@canary" in httpx.get(f"{a.url}/readyz", timeout=10).text:
+            assert time.monotonic() < deadline, "the canary was not unloaded"
+            time.sleep(0.5)
+    assert load.failures == [], load.failures[:5]
+    assert reg.alias_version(NAME, "production") == v1 and reg.alias_version(NAME, "canary") is None
+    tags = reg.client.get_model_version(NAME, v2).tags
+    decision = json.loads(tags["rollout.decision"])
+    assert decision["decision"] == "rolled_back" and decision["metric"] == "decode_speed_ratio"
+    step = json.loads(tags["rollout.step.1"])
+    ratio = next(c for c in step["checks"] if c["metric"] == "decode_speed_ratio")
+    assert not ratio["passed"] and ratio["canary"] < 0.85, step
