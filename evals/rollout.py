@@ -49,11 +49,18 @@ class Stats:
     ttft_buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
     itl_sum: float = 0.0
     itl_count: float = 0.0
+    shadow_requests: float = 0.0  # production requests mirrored to this version (as the canary)
+    shadow_matched: float = 0.0  # sum of their matched-prefix shares
 
     def minus(self, other: Stats) -> Stats:
         return Stats(self.requests - other.requests, self.errors - other.errors, self.tokens - other.tokens,
                      {le: c - other.ttft_buckets.get(le, 0.0) for le, c in self.ttft_buckets.items()},
-                     self.itl_sum - other.itl_sum, self.itl_count - other.itl_count)
+                     self.itl_sum - other.itl_sum, self.itl_count - other.itl_count,
+                     self.shadow_requests - other.shadow_requests, self.shadow_matched - other.shadow_matched)
+
+    @property
+    def shadow_agreement(self) -> float | None:
+        return self.shadow_matched / self.shadow_requests if self.shadow_requests > 0 else None
 
     @property
     def error_rate(self) -> float:
@@ -88,6 +95,12 @@ def scrape(servers: Sequence[str], model: str, timeout: float = 10.0) -> dict[st
                                "pass the URLs of the running servers with --server") from None
         for family in text_string_to_metric_families(text):
             for s in family.samples:
+                if s.name.startswith("onramp_shadow_") and s.labels.get("model") == model:
+                    if s.name == "onramp_shadow_requests_total":
+                        out[s.labels["canary"]].shadow_requests += s.value
+                    elif s.name == "onramp_shadow_matched_prefix_total":
+                        out[s.labels["canary"]].shadow_matched += s.value
+                    continue
                 if not s.name.startswith(_PREFIX) or s.labels.get("model") != model:
                     continue
                 st, name = out[s.labels["version"]], s.name[len(_PREFIX):]
@@ -132,6 +145,12 @@ def judge(canary: Stats, production: Stats, rules: RolloutRules) -> list[Check]:
             checks.append(Check(metric, c, p, limit, True, "not judged: too few requests in the window"))
         else:
             checks.append(Check(metric, c / p, None, limit, ok(c / p), f"canary {c:.4g} vs production {p:.4g}"))
+    if rules.shadow_agreement_min is not None:
+        agree = canary.shadow_agreement
+        checks.append(Check("shadow_agreement", agree, None, rules.shadow_agreement_min,
+                            agree is None or agree >= rules.shadow_agreement_min,
+                            "not judged: no shadowed requests in the window" if agree is None else
+                            f"mean matched prefix of {canary.shadow_requests:g} shadowed requests"))
     return checks
 
 
@@ -176,7 +195,7 @@ def _tag(reg: Registry, name: str, version: str, key: str, value: dict | str) ->
 def rollout(reg: Registry, name: str, version: str, *, steps: Sequence[float], window: float,
             servers: Sequence[str], rules: RolloutRules | None = None,
             report: Callable[[str, dict], None] | None = None, sleep: Callable[[float], None] = time.sleep,
-            promote_force: bool = False) -> RolloutResult:
+            promote_force: bool = False, shadow: float | None = None) -> RolloutResult:
     """Roll ``version`` of ``name`` out through ``steps`` (percent); see the module doc."""
     from registry.canary import clear_canary, set_canary
 
@@ -196,7 +215,7 @@ def rollout(reg: Registry, name: str, version: str, *, steps: Sequence[float], w
     result = RolloutResult(name=name, version=version, decision="promoted", metric=None)
     _tag(reg, name, version, "rollout.started", {"production": production, "steps": list(steps), "window_s": window})
     for i, weight in enumerate(steps):
-        set_canary(reg, name, version, weight)
+        set_canary(reg, name, version, weight, shadow=shadow)
         before = scrape(servers, name)
         sleep(window)
         after = scrape(servers, name)

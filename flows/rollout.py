@@ -14,7 +14,8 @@ def _markdown(kind: str, data: dict) -> str:
 
 @flow(name="rollout")
 def rollout_flow(name: str, version: str, steps: list[float] | None = None, window_s: float = 600.0,
-                 servers: list[str] | None = None, gates: str | None = None) -> dict:
+                 servers: list[str] | None = None, gates: str | None = None,
+                 shadow: float | None = None) -> dict:
     """Canary ``version`` of ``name`` through ``steps``; promote or roll back (see evals.rollout)."""
     from evals.gates import load_gates
     from evals.rollout import rollout
@@ -25,5 +26,5 @@ def rollout_flow(name: str, version: str, steps: list[float] | None = None, wind
                                  description=f"{name} v{version} rollout {kind}")
 
     result = rollout(Registry(), name, version, steps=steps or [5, 25, 100], window=window_s,
-                     servers=servers or [], rules=load_gates(gates).rollout, report=report)
+                     servers=servers or [], rules=load_gates(gates).rollout, report=report, shadow=shadow)
     return {"decision": result.decision, "metric": result.metric, "steps": result.steps}

@@ -112,6 +112,8 @@ def register(app: typer.Typer) -> None:
         gates: str | None = typer.Option(None, "--gates", help="Gates file with a rollout: section "
                                          "(default: evals/gates.yaml)."),
         force: bool = typer.Option(False, "--force", help="Promote at the end even if its offline gates failed."),
+        shadow: float | None = typer.Option(None, "--shadow", help="Also mirror this percent of production's "
+                                            "greedy requests to the canary (agreement: shadow_agreement_min)."),
     ) -> None:
         """Canary VERSION through the steps; promote it, or roll it back at the first breached metric."""
         import logging
@@ -129,7 +131,8 @@ def register(app: typer.Typer) -> None:
         servers = server or [s.strip() for s in os.environ.get("ONRAMP_ROLLOUT_SERVERS", "").split(",") if s.strip()]
         try:
             result = rollout(_registry(), name, version, steps=parse_steps(steps), window=parse_window(window),
-                             servers=servers, rules=load_gates(gates).rollout, promote_force=force)
+                             servers=servers, rules=load_gates(gates).rollout, promote_force=force,
+                             shadow=shadow)
         except (OnrampError, MlflowException) as err:
             _fail(err)
         typer.echo(result.summary())

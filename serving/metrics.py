@@ -43,6 +43,13 @@ class Metrics:
                                       mv, buckets=_TTFT_BUCKETS, registry=r)
         self.version_itl = Histogram("onramp_version_inter_token_latency_seconds", "ITL by version.",
                                      mv, buckets=_ITL_BUCKETS, registry=r)
+        shadow = ["model", "production", "canary"]
+        self.shadow_requests = Counter("onramp_shadow_requests", "Production requests mirrored to the canary.",
+                                       shadow, registry=r)
+        self.shadow_identical = Counter("onramp_shadow_identical", "Shadowed requests whose first K tokens "
+                                        "agree with production's answer.", shadow, registry=r)
+        self.shadow_matched = Counter("onramp_shadow_matched_prefix", "Sum of the matched share of the first "
+                                      "K tokens (divide by onramp_shadow_requests for the mean).", shadow, registry=r)
         self.canary_weight = Gauge("onramp_canary_weight", "Percent of requests routed to the canary.",
                                    ["model", "version"], registry=r)
 

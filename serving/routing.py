@@ -48,11 +48,65 @@ def canary_slot(name: str) -> str:
     return f"{name}{CANARY_SUFFIX}"
 
 
+SHADOW_K = 16  # agreement is judged on the first K tokens
+
+
 class Router:
-    """Canary weights by served name; picks the slot a request goes to."""
+    """Canary weights (and shadow rates) by served name; picks the slot a request goes to."""
 
     def __init__(self) -> None:
         self.weights: dict[str, float] = {}
+        self.shadow: dict[str, float] = {}  # percent of production's greedy requests mirrored to the canary
+        self._tasks: set[asyncio.Task] = set()
+
+    def wants_shadow(self, slots: Slots, name: str, slot: str, temperature: float) -> bool:
+        """Mirror this production request to the canary? Only greedy requests (their answers compare)."""
+        rate = self.shadow.get(name, 0.0)
+        return (rate > 0 and slot != canary_slot(name) and temperature == 0
+                and slots.live(canary_slot(name)) is not None
+                and random.uniform(0, 100) < rate)  # noqa: S311
+
+    def mirror(self, slots: Slots, name: str, version: str, request, answer: str, tokens: int) -> None:
+        """Run ``request`` on the canary in the background and record how its first K tokens (at most
+        production's ``tokens``) agree with production's ``answer`` (each canary token must continue
+        production's text)."""
+        task = asyncio.get_running_loop().create_task(
+            self._shadow(slots, name, version, request, answer, max(1, min(SHADOW_K, tokens))))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _shadow(self, slots: Slots, name: str, version: str, request, answer: str, k: int) -> None:
+        import dataclasses
+        import uuid
+
+        from serving.errors import RequestError
+
+        try:
+            lease = slots.acquire(canary_slot(name))
+        except RequestError:
+            return  # the canary is busy or gone: skip, never queue shadow work
+        sampling = dataclasses.replace(request.sampling, max_tokens=k, logprobs=True)
+        shadow = dataclasses.replace(request, request_id=f"shadow-{uuid.uuid4().hex}", sampling=sampling)
+        tokens: list[str] = []
+        try:
+            with lease:
+                async for delta in lease.engine.stream(shadow):
+                    tokens += [t.token for t in delta.logprobs or ()]
+        except Exception as exc:  # noqa: BLE001 - shadow work never affects production
+            log.info("shadow request on %s failed: %s", canary_slot(name), exc)
+            return
+        matched, prefix = 0, ""
+        for token in tokens[:k]:
+            prefix += token
+            if not answer.startswith(prefix):
+                break
+            matched += 1
+        want = min(k, len(tokens))
+        m = slots.metrics
+        labels = (name, version, lease.live.version)
+        m.shadow_requests.labels(*labels).inc()
+        m.shadow_identical.labels(*labels).inc(1 if want and matched == want else 0)
+        m.shadow_matched.labels(*labels).inc(matched / want if want else 1.0)
 
     def pick(self, slots: Slots, model: str, key: str | None) -> str:
         name = slots.resolve(model)
@@ -98,6 +152,10 @@ class CanaryFollower:
         for name in await asyncio.to_thread(self.registry.model_names):
             state = await asyncio.to_thread(canary_state, self.registry, name)
             await self._apply(name, state.version if state.active else None, state.weight)
+            if state.active and state.shadow > 0:
+                self.router.shadow[name] = state.shadow
+            else:
+                self.router.shadow.pop(name, None)
 
     async def _apply(self, name: str, version: str | None, weight: float) -> None:
         slot = canary_slot(name)

@@ -64,6 +64,7 @@ class _Run:
     t0: float
     base: str = ""  # the served name (an alias resolved), for the per-version series
     version: str = ""
+    shadow: GenerationRequest | None = None  # mirror to the canary once answered (serving.routing)
 
 
 class OpenAIService:
@@ -117,8 +118,11 @@ class OpenAIService:
         m.ttft.labels(model).observe(ttft)
         m.version_ttft.labels(base, version).observe(ttft)
         m.requests.labels(model, endpoint, "200").inc()
-        return _Run(lease=lease, stream=stream, first=first, model=model, endpoint=endpoint, t0=t0,
-                    base=base, version=version)
+        run = _Run(lease=lease, stream=stream, first=first, model=model, endpoint=endpoint, t0=t0,
+                   base=base, version=version)
+        if self.router and self.router.wants_shadow(self.slots, base, slot, request.sampling.temperature):
+            run.shadow = request
+        return run
 
     async def _deltas(self, run: _Run) -> AsyncIterator[Delta]:
         """Every delta of a run; releases the lease and records metrics however it ends."""
@@ -127,6 +131,7 @@ class OpenAIService:
         v_itl = m.version_itl.labels(run.base, run.version)
         last_delta = run.first
         last_t = time.perf_counter()
+        answer: list[str] = []
         try:
             yield run.first
             if run.first.finish_reason is None:
@@ -139,6 +144,8 @@ class OpenAIService:
                             v_itl.observe(gap)
                     last_t = now
                     last_delta = delta
+                    if run.shadow is not None:
+                        answer.append(delta.text)
                     yield delta
                     if delta.finish_reason is not None:
                         break
@@ -154,6 +161,9 @@ class OpenAIService:
             m.prompt_tokens.labels(run.model).inc(last_delta.prompt_tokens)
             m.completion_tokens.labels(run.model).inc(last_delta.completion_tokens)
             m.version_tokens.labels(run.base, run.version).inc(last_delta.completion_tokens)
+        if run.shadow is not None and self.router and last_delta.finish_reason in ("stop", "length"):
+            self.router.mirror(self.slots, run.base, run.version, run.shadow, run.first.text + "".join(answer),
+                               last_delta.completion_tokens)
 
     # ------------------------------------------------------------------ chat
     async def chat(self, req: ChatCompletionRequest, *, endpoint: str,

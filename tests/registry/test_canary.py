@@ -94,3 +94,34 @@ def test_canary_share_is_sticky_per_user_and_counted_per_version(ov_int8_engine,
         _wait(lambda: weight() == 0 and f"{NAME}@canary" not in httpx.get(
             f"{server.url}/readyz", timeout=10).text, "the canary to go", server)
         assert {ask(u) for u in users} == {v1}
+
+
+@pytest.mark.slow
+def test_shadow_mirrors_greedy_production_requests_to_the_canary(ov_int8_engine, onramp_home, tmp_path):
+    from openai import OpenAI
+
+    reg = Registry()
+    v1 = reg.register(ov_int8_engine, gate_passed=True)
+    v2 = reg.register(ov_int8_engine, gate_passed=True)
+    reg.promote(NAME, v1)
+    set_canary(reg, NAME, v2, 0, shadow=100)  # no traffic to the canary; every greedy request mirrored
+    env = {**os.environ, POLL_ENV: "1"}
+    with run_onramp_serve(["--registry", "--no-auth"], log=tmp_path / "serve.log", env=env) as server:
+        def metrics() -> str:
+            return httpx.get(f"{server.url}/metrics", timeout=10).text
+
+        _wait(lambda: f'{NAME}@canary' in httpx.get(f"{server.url}/readyz", timeout=10).text, "the canary", server)
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        for i in range(3):
+            raw = client.chat.completions.with_raw_response.create(
+                model=NAME, messages=[{"role": "user", "content": "Name three colours."}], max_tokens=8,
+                temperature=0, user=f"user-{i}")
+            assert raw.headers[VERSION_HEADER] == v1  # the client only sees production's answer
+        client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+                                       temperature=1.0)  # sampled: not comparable, not mirrored
+        labels = {"model": NAME, "production": v1, "canary": v2}
+        _wait(lambda: _metric(metrics(), "onramp_shadow_requests_total", **labels) == 3, "3 shadowed", server)
+        text = metrics()
+        # the same engine, greedy: the canary's first tokens continue production's answer
+        assert _metric(text, "onramp_shadow_matched_prefix_total", **labels) / 3 > 0.5
+        assert _metric(text, "onramp_version_requests_total", model=NAME, version=v2) == 0

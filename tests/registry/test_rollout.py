@@ -38,6 +38,9 @@ def test_parse_steps_and_judge():
     broken = Stats(requests=4, errors=1, ttft_buckets={0.1: 4, float("inf"): 4}, itl_sum=1.0, itl_count=100)
     assert {c.metric for c in judge(broken, prod, rules) if not c.passed} == {"error_rate_increase"}
     assert all(c.passed for c in judge(Stats(requests=1, itl_sum=9, itl_count=1), prod, rules))  # too few
+    strict = RolloutRules(shadow_agreement_min=0.9)
+    disagree = Stats(requests=4, itl_sum=1.0, itl_count=100, shadow_requests=4, shadow_matched=2)
+    assert {c.metric for c in judge(disagree, prod, strict) if not c.passed} == {"shadow_agreement"}
 
 
 class RoundRobin:
