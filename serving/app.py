@@ -28,7 +28,7 @@ from serving.auth import ADMIN, USER, KeyStore
 from serving.errors import RequestError
 from serving.metrics import CONTENT_TYPE_LATEST, Metrics
 from serving.protocol import ChatCompletionRequest, CompletionRequest, SwapRequest
-from serving.routing import ROUTE, VERSION_HEADER
+from serving.routing import CANARY_SUFFIX, ROUTE, VERSION_HEADER
 from serving.service import OpenAIService
 from serving.slots import Slots
 
@@ -267,7 +267,8 @@ def _ops_router() -> APIRouter:
     async def readyz(request: Request):
         slots: Slots = request.app.state.slots
         status = [s.__dict__ for s in slots.status()]
-        ready = bool(status) and all(s["state"] == "ready" for s in status)
+        # a canary that loads or failed (serving.routing) never takes the replica out of the balancer
+        ready = bool(status) and all(s["state"] == "ready" for s in status if not s["name"].endswith(CANARY_SUFFIX))
         return JSONResponse({"status": "ready" if ready else "not ready", "models": status},
                             status_code=200 if ready else 503)
 

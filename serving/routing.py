@@ -162,6 +162,7 @@ class CanaryFollower:
         live = self.slots.live(slot) if slot in self.slots.names() else None
         metrics = self.slots.metrics
         if version is None:
+            self.slots.forget_failure(slot)
             if name in self.router.weights or live is not None:
                 self.router.weights.pop(name, None)
                 if live is not None:
