@@ -68,18 +68,45 @@ class Stats:
 
     @property
     def ttft_p99(self) -> float | None:
-        """The upper bound of the bucket holding the 99th percentile (histogram resolution)."""
+        """The 99th percentile, interpolated linearly inside its bucket (as Prometheus'
+        ``histogram_quantile``); the largest finite bound when it falls in the ``+Inf`` bucket."""
         total = self.ttft_buckets.get(float("inf"), 0.0)
         if total <= 0:
             return None
+        rank, lower, below = 0.99 * total, 0.0, 0.0
         for le in sorted(self.ttft_buckets):
-            if self.ttft_buckets[le] >= 0.99 * total:
-                return le if le != float("inf") else max(k for k in self.ttft_buckets if k != float("inf"))
-        return None
+            count = self.ttft_buckets[le]
+            if count >= rank:
+                if le == float("inf"):
+                    return lower
+                return lower + (le - lower) * ((rank - below) / (count - below) if count > below else 1.0)
+            lower, below = le, count
+        return lower
 
     @property
     def decode_tok_s(self) -> float | None:
         return self.itl_count / self.itl_sum if self.itl_sum > 0 else None
+
+
+def canary_weights(servers: Sequence[str], model: str, version: str) -> list[float]:
+    """Each server's ``onramp_canary_weight`` of the version (0 where its canary is not live)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = []
+    for url in servers:
+        weight = 0.0
+        try:
+            text = httpx.get(f"{url.rstrip('/')}/metrics", timeout=10).raise_for_status().text
+        except httpx.HTTPError:
+            out.append(weight)
+            continue
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if (s.name == "onramp_canary_weight" and s.labels.get("model") == model
+                        and s.labels.get("version") == version):
+                    weight = s.value
+        out.append(weight)
+    return out
 
 
 def scrape(servers: Sequence[str], model: str, timeout: float = 10.0) -> dict[str, Stats]:
@@ -195,7 +222,7 @@ def _tag(reg: Registry, name: str, version: str, key: str, value: dict | str) ->
 def rollout(reg: Registry, name: str, version: str, *, steps: Sequence[float], window: float,
             servers: Sequence[str], rules: RolloutRules | None = None,
             report: Callable[[str, dict], None] | None = None, sleep: Callable[[float], None] = time.sleep,
-            promote_force: bool = False, shadow: float | None = None) -> RolloutResult:
+            promote_force: bool = False, shadow: float | None = None, live_timeout: float = 600.0) -> RolloutResult:
     """Roll ``version`` of ``name`` out through ``steps`` (percent); see the module doc."""
     from registry.canary import clear_canary, set_canary
 
@@ -216,13 +243,27 @@ def rollout(reg: Registry, name: str, version: str, *, steps: Sequence[float], w
     _tag(reg, name, version, "rollout.started", {"production": production, "steps": list(steps), "window_s": window})
     for i, weight in enumerate(steps):
         set_canary(reg, name, version, weight, shadow=shadow)
-        before = scrape(servers, name)
-        sleep(window)
-        after = scrape(servers, name)
-        canary = after.get(version, Stats()).minus(before.get(version, Stats()))
-        prod = after.get(production, Stats()).minus(start.get(production, Stats()))
-        checks = judge(canary, prod, rules)
-        breach = next((c for c in checks if not c.passed), None)
+        checks, breach = [], None
+        deadline = time.monotonic() + live_timeout  # every server routes the weight before the window
+        while (weights := canary_weights(servers, name, version)) != [weight] * len(servers):
+            if time.monotonic() > deadline:
+                breach = Check("canary_live", min(weights), None, weight, False,
+                               f"servers' canary weights {weights} after {live_timeout:g} s")
+                checks.append(breach)
+                break
+            sleep(min(1.0, window))
+        canary = prod = Stats()
+        if breach is None:
+            before = scrape(servers, name)
+            sleep(window)
+            after = scrape(servers, name)
+            canary = after.get(version, Stats()).minus(before.get(version, Stats()))
+            # production in the same window where it had traffic, else since the rollout began
+            prod = after.get(production, Stats()).minus(before.get(production, Stats()))
+            if prod.requests < rules.min_requests:
+                prod = after.get(production, Stats()).minus(start.get(production, Stats()))
+            checks = judge(canary, prod, rules)
+            breach = next((c for c in checks if not c.passed), None)
         if breach is None and weight == steps[-1] and canary.requests < rules.min_requests:
             breach = Check("canary_requests", canary.requests, None, rules.min_requests, False,
                            "too few canary requests in the last window to promote")
