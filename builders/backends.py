@@ -8,7 +8,10 @@ A backend is an object with:
 - ``default_layout(facts, quant)``: the :class:`~builders.manifest.Layout` of a plain build;
 - ``commands_text(checkpoint, out_dir, layout, facts)``: the commands a build runs (``--dry-run``);
 - ``check_available()``: raise :class:`~builders.errors.BuildUnavailable` saying why it can't run here;
-- ``build(checkpoint, out_dir, layout, facts, log_path)``: write the engine files into ``out_dir``.
+- ``build(checkpoint, out_dir, layout, facts, log_path)``: write the engine files into ``out_dir``;
+- ``logits_model(engine_dir)``: an object whose ``next_token_logits(ids)`` gives the engine's full
+  logits ``[len(ids), vocab]`` through its own runtime and whose ``runtime`` dict says how it ran
+  (evals' KL divergence); raises :class:`~builders.errors.BuildUnavailable` where it can't.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class Backend(Protocol):
     def commands_text(self, checkpoint: Path, out_dir: Path, layout, facts) -> str: ...
     def check_available(self) -> None: ...
     def build(self, checkpoint: Path, out_dir: Path, layout, facts, log_path: Path) -> None: ...
+    def logits_model(self, engine_dir: Path): ...
 
 
 def register_backend(name: str, target: str) -> None:

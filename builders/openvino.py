@@ -119,6 +119,13 @@ class OpenVINOBackend:
             raise BuildUnavailable(f"unavailable: the openvino backend needs {', '.join(missing)}",
                                    "pip install 'optimum-intel[openvino]' openvino-tokenizers (see constraints.txt)")
 
+    def logits_model(self, engine_dir: Path):
+        """The engine's full next-token logits (``.next_token_logits(ids)``), through its own runtime
+        with its manifest's properties; ``.runtime`` says what the compiled model reports."""
+        from builders.openvino_logits import OpenVINOLogits
+
+        return OpenVINOLogits(Path(engine_dir))
+
     def build(self, checkpoint: Path, out_dir: Path, layout: Layout, facts: ModelFacts, log_path: Path,
               timeout: float = 3600) -> None:
         if layout.tp != 1 or layout.pp != 1:

@@ -231,6 +231,15 @@ class TensorRTLLMBackend:
             raise BuildUnavailable(f"unavailable: TensorRT-LLM's examples are not at {self.examples}",
                                    f"set {EXAMPLES_ENV} to the examples/ directory of your TensorRT-LLM checkout")
 
+    def logits_model(self, engine_dir: Path):
+        """Full next-token logits of a TensorRT-LLM engine: not wired up yet (it would run the engine with
+        ``gather_generation_logits``/``return_context_logits``); says so instead of guessing."""
+        raise BuildUnavailable(
+            f"unavailable: full next-token logits (KL divergence, top-1 agreement) are not implemented for "
+            f"TensorRT-LLM engines ({engine_dir})",
+            "evaluate this build with the quality section's other metrics, or build the same checkpoint "
+            "with --backend openvino to measure its KL divergence")
+
     def build(self, checkpoint: Path, out_dir: Path, layout: Layout, facts: ModelFacts, log_path: Path) -> None:
         self.check_available(layout.tp * layout.pp)
         cmds = self.commands(checkpoint, out_dir, layout, facts)

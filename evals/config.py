@@ -6,6 +6,8 @@ Everything here is data in files next to this module (``profiles.yaml``, ``gates
 
 from __future__ import annotations
 
+import contextlib
+import os
 import hashlib
 import json
 from importlib import resources
@@ -37,6 +39,12 @@ class Profile(BaseModel):
     agreement_prompts: int | None = Field(None, ge=1)
     agreement_k: int = Field(16, ge=1)
     batch_size: int = Field(8, ge=1)
+    kld_corpus_docs: int | None = Field(None, ge=0, description="corpus paragraphs scored for KLD (None: all)")
+    kld_gsm8k: int = Field(10, ge=0, description="GSM8K problems (question + worked answer, chat format) for KLD")
+    kld_max_tokens: int = Field(512, ge=2, description="each KLD sequence is cut to this many tokens")
+    kld_block_tokens: int = Field(64, ge=1, description="bootstrap block: consecutive tokens resampled together")
+    kld_bootstrap: int = Field(1000, ge=10, description="bootstrap resamples for the KLD confidence intervals")
+    kld_seed: int = 0
 
 
 def _read_yaml(path: Path, error=EvalError) -> dict:
@@ -118,11 +126,35 @@ def resolve_tasks(out_dir: Path, profile: Profile) -> Path:
     return out_dir
 
 
-def config_fingerprint(profile: Profile) -> str:
-    """A hash of everything that decides a quality number apart from the model itself."""
+KLD_FIELDS = frozenset(name for name in Profile.model_fields if name.startswith("kld_"))
+
+
+def config_fingerprint(profile: Profile, *, lm_eval_only: bool = False) -> str:
+    """A hash of everything that decides a quality number apart from the model itself.
+
+    ``lm_eval_only`` leaves out the KL-divergence settings (the key of the cached lm-eval reference
+    results, which they do not change)."""
     digest = hashlib.sha256()
-    digest.update(profile.model_dump_json().encode())
+    digest.update(profile.model_dump_json(exclude=set(KLD_FIELDS) if lm_eval_only else None).encode())
     for path in [*sorted(TASKS_DIR.glob("*.yaml")), CORPUS_FILE]:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def reference_threads():
+    """Run the float32 reference (torch) on ``ONRAMP_REFERENCE_THREADS`` threads, default 1.
+
+    torch's OpenMP threads spin at barriers: with another busy process on a 2-core machine, two
+    threads made 64 greedy tokens take 115 s, one thread 15 s (about 1.6x slower than two on an idle
+    machine). One thread keeps an evaluation's time bounded whatever else the machine runs.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(os.environ.get("ONRAMP_REFERENCE_THREADS") or 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -87,6 +87,15 @@ def poisson_arrivals(rate: float, n: int, *, seed: int = 0, max_duration_s: floa
     return times
 
 
+_LATENCY_METRICS = ("single_ttft_s", "single_decode_tok_s", "ttft_p99_s", "max_throughput_at_slo")
+
+
+def is_latency_metric(name: str) -> bool:
+    """Whether ``name`` is a latency number (LatencyReport.metrics() or the A/B's ``ab_*``): such a
+    number moves with the machine's load and never decides against one measured in another run."""
+    return name.startswith(("ab_", "max_throughput_at_slo")) or name in _LATENCY_METRICS
+
+
 class Stats(BaseModel):
     """Statistics over the requests of one scenario."""
 

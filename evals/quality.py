@@ -1,6 +1,9 @@
 """Quality of a built engine against its original checkpoint, with lm-eval-harness.
 
-Three measurements, each on the candidate and on the reference (the original checkpoint under
+The gating measure: KL divergence and top-1 agreement of the next-token distributions over a
+corpus, from full logits (:mod:`evals.kld`; engine dirs only: an endpoint gives no full logits).
+
+Three more measurements, each on the candidate and on the reference (the original checkpoint under
 lm-eval's ``hf`` model, float32 on the CPU):
 
 - GSM8K: zero-shot, chat format, greedy, exact match (``onramp_gsm8k`` task YAML).
@@ -31,8 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from evals.agreement import AgreementResult, candidate_texts_endpoint, candidate_texts_openvino, compare, \
     reference_texts
 from evals.config import GSM8K_TASK, PERPLEXITY_TASK, Profile, agreement_prompts, config_fingerprint, \
-    gsm8k_file, load_profile, resolve_tasks
+    gsm8k_file, load_profile, reference_threads, resolve_tasks
 from evals.errors import EvalError
+from evals.kld import KLDResult, compare_logits, engine_logits_model
 from onramp.files import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -77,6 +81,8 @@ class QualityReport(BaseModel):
     reference_scores: LmEvalScores
     reference_cached: bool = False
     agreement: AgreementResult
+    kld: KLDResult | None = None
+    kld_not_measured: str | None = Field(None, description="why the KL divergence was not measured")
     seconds: float
     created: str
 
@@ -87,6 +93,8 @@ class QualityReport(BaseModel):
             "greedy_agreement": self.agreement.identical,
             "token_agreement": self.agreement.token_agreement,
         }
+        if self.kld is not None:
+            out.update(self.kld.metrics())
         if c.word_perplexity is not None and r.word_perplexity is not None:
             out["candidate_word_perplexity"] = c.word_perplexity
             out["reference_word_perplexity"] = r.word_perplexity
@@ -120,6 +128,8 @@ class QualityReport(BaseModel):
             f"Greedy agreement on {self.agreement.n_prompts} prompts, first {self.agreement.k} tokens: "
             f"identical {self.agreement.identical:.3f}, token agreement {self.agreement.token_agreement:.3f}.",
             "",
+            self.kld.to_markdown() if self.kld is not None else
+            f"KL divergence and top-1 agreement: not measured ({self.kld_not_measured}).\n",
         ]
         return "\n".join(lines)
 
@@ -268,12 +278,13 @@ def check_engine_dir(engine_dir: Path) -> None:
 
 
 def reference_results(reference_dir: Path, profile: Profile, tasks_dir: Path, prompts: list[str],
-                      cache_dir: Path | None) -> tuple[ReferenceResults, bool]:
+                      cache_dir: Path | None, checkpoint_hash: str | None = None) -> tuple[ReferenceResults, bool]:
     """The reference's scores and greedy texts, from the cache when the same inputs were seen."""
     import transformers
 
     key = hashlib.sha256(json.dumps([
-        _hash_checkpoint(reference_dir), config_fingerprint(profile), _lm_eval_version(),
+        checkpoint_hash or _hash_checkpoint(reference_dir), config_fingerprint(profile, lm_eval_only=True),
+        _lm_eval_version(),
         transformers.__version__, "float32"]).encode()).hexdigest()[:24]
     cache_file = Path(cache_dir) / "evals" / f"reference-{key}.json" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
@@ -283,9 +294,10 @@ def reference_results(reference_dir: Path, profile: Profile, tasks_dir: Path, pr
                 return cached, True
         except ValueError:
             log.warning("ignoring unreadable reference cache %s", cache_file)
-    scores = run_lm_eval("hf", {"pretrained": str(reference_dir), "device": "cpu", "dtype": "float32"},
-                         profile, tasks_dir)
-    texts = reference_texts(reference_dir, prompts, profile.agreement_k)
+    with reference_threads():
+        scores = run_lm_eval("hf", {"pretrained": str(reference_dir), "device": "cpu", "dtype": "float32"},
+                             profile, tasks_dir)
+        texts = reference_texts(reference_dir, prompts, profile.agreement_k)
     result = ReferenceResults(key=key, scores=scores, greedy_texts=texts)
     if cache_file is not None:
         write_text_atomic(cache_file, result.model_dump_json(indent=1))
@@ -320,7 +332,9 @@ def run_quality(engine_dir: str | Path, reference_dir: str | Path, profile: str 
     with tempfile.TemporaryDirectory(prefix="onramp-evals-") as tmp:
         tasks_dir = resolve_tasks(Path(tmp) / "tasks", prof)
         _write_gsm8k_subset(tasks_dir, prof)
-        ref, cached = reference_results(reference_dir, prof, tasks_dir, prompts, cache_dir if use_cache else None)
+        checkpoint_hash = _hash_checkpoint(reference_dir)
+        ref, cached = reference_results(reference_dir, prof, tasks_dir, prompts, cache_dir if use_cache else None,
+                                        checkpoint_hash)
         if is_endpoint:
             base = str(engine_dir).rstrip("/")
             args = {"base_url": f"{base}/v1/chat/completions", "model": model, "num_concurrent": 1,
@@ -339,11 +353,18 @@ def run_quality(engine_dir: str | Path, reference_dir: str | Path, profile: str 
             cand = run_lm_eval("openvino", {"pretrained": str(engine_dir), "ov_config": str(ov_config)},
                                prof, tasks_dir)
             texts = candidate_texts_openvino(engine_dir, prompts, prof.agreement_k)
+    kld, kld_not_measured = None, None
+    if is_endpoint:
+        kld_not_measured = "an endpoint returns no full next-token logits; evaluate the engine directory"
+    else:
+        kld = compare_logits(reference_dir, engine_logits_model(engine_dir), prof, checkpoint_hash=checkpoint_hash,
+                             cache_dir=cache_dir if use_cache else None)
     agreement = compare(reference_dir, ref.greedy_texts, texts, prof.agreement_k)
     return QualityReport(
         candidate=str(engine_dir), candidate_kind="endpoint" if is_endpoint else "openvino",
         reference=str(reference_dir), profile=prof, config_fingerprint=config_fingerprint(prof),
         candidate_scores=cand, reference_scores=ref.scores, reference_cached=cached, agreement=agreement,
+        kld=kld, kld_not_measured=kld_not_measured,
         seconds=round(time.monotonic() - start, 2),
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )

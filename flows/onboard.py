@@ -1,14 +1,17 @@
 """The onboard flow: one run per (repo, revision), from a Hub revision to the served model.
 
-    pull -> plan -> build (one task per layout, concurrently) -> evaluate -> gate
-         -> register -> [approval] -> promote -> serving swaps
+    pull -> plan -> build (one task per layout, concurrently) -> evaluate -> latency A/B vs production
+         -> gate -> register -> [approval] -> promote -> serving swaps
 
 Tasks are thin: each calls one plain function of :mod:`flows.steps` (which calls builders,
 evals, registry). Idempotent: builders reuse a finished build with the same build_id, evals
 are cached by (build_id, profile), and a build already registered is not registered again;
 a rerun of the same revision builds nothing. A failed layout does not stop the others; a
 failed gate never promotes (the run ends Failed, the version is registered with
-``gate=failed``); only tasks that touch the network (pull, register, promote) retry.
+``gate=failed``). Calls to the Hub, MLflow and S3 are retried where they are made (onramp.hub,
+registry: bounded, on typed network errors), so no task adds a second retry layer. A build of a
+Hub revision older than production's is registered but not promoted (registry.promotion: when
+two onboardings of a repo race, the newer revision ends in production).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flows import steps
 from flows.errors import OnboardError
-from flows.steps import EvalResult, GateOutcome, LayoutPlan
+from flows.steps import EvalResult, GateOutcome, LatencyAB, LayoutPlan
 from onramp.settings import Settings, load_settings
 
 
@@ -44,7 +47,8 @@ class OnboardConfig(BaseModel):
                                                     "default: int8 on CPUs, the checkpoint's dtype on GPUs.")
     profile: str = Field("quick", description="Eval profile (evals/profiles.yaml): quick or full.")
     gates: str | None = Field(None, description="Gates YAML file; default: evals/gates.yaml.")
-    latency: bool = Field(True, description="Measure latency (Poisson load) besides quality.")
+    latency: bool = Field(True, description="Measure latency besides quality: a Poisson sweep (reported) and, "
+                                            "when there is a production version, an A/B against it (gated).")
     approve: bool = Field(False, description="Wait for a human approval (in the Prefect UI) before promotion.")
     approval_timeout_s: int = Field(3600, ge=1)
     promote: bool = Field(True, description="Promote a build that passed its gates to production.")
@@ -111,21 +115,11 @@ class OnboardResult(BaseModel):
 
 # ------------------------------------------------------------------------------ tasks
 
-def transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry network failures only: a missing repo, pickled weights, a damaged engine or a refused
-    promotion fail at once instead of after every retry."""
-    exc = state.data if isinstance(state.data, BaseException) else None
-    from onramp.hub import HubError
-    from registry.errors import IntegrityError, ModelNotFoundError, PromotionError
-
-    if isinstance(exc, HubError):  # a 404 the Hub client did not name (e.g. an unknown sha) is no outage
-        return exc.what.startswith("cannot reach") and "404" not in exc.what and "NotFound" not in exc.what
-    return not isinstance(exc, (IntegrityError, ModelNotFoundError, PromotionError, OnboardError))
-
-
-@task(name="pull", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=transient)
-def pull_task(repo: str, revision: str, settings: Settings) -> tuple[Path, str]:
-    return steps.pull(repo, revision, settings)
+@task(name="pull", cache_policy=NO_CACHE)
+def pull_task(repo: str, revision: str, settings: Settings) -> tuple[Path, str, str | None]:
+    """``(checkpoint, sha, commit date)``: the date orders this revision against production's."""
+    checkpoint, sha = steps.pull(repo, revision, settings)
+    return checkpoint, sha, steps.revision_date(repo, sha, settings)
 
 
 @task(name="plan", cache_policy=NO_CACHE)
@@ -147,28 +141,32 @@ def evaluate_task(engine_dir: Path, reference_dir: Path, profile: str, settings:
     return steps.evaluate(engine_dir, reference_dir, profile, settings, latency=latency)
 
 
+@task(name="latency-ab", cache_policy=NO_CACHE, task_run_name="latency-ab-{layout_key}")
+def latency_ab_task(registry: Any, name: str, engine_dir: Path, profile: str, settings: Settings,
+                    layout_key: str) -> LatencyAB:
+    return steps.latency_ab(registry, name, engine_dir, profile, settings)
+
+
 @task(name="gate", cache_policy=NO_CACHE, task_run_name="gate-{layout_key}")
 def gate_task(metrics: dict[str, float], gates: str | None, production: dict[str, float] | None,
-              latency: bool, layout_key: str) -> GateOutcome:
-    return steps.gate(metrics, gates, production, latency=latency)
+              latency: bool, ab: LatencyAB | None, layout_key: str) -> GateOutcome:
+    return steps.gate(metrics, gates, production, latency=latency, ab=ab)
 
 
-@task(name="production-metrics", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
-      retry_condition_fn=transient)
+@task(name="production-metrics", cache_policy=NO_CACHE)
 def production_metrics_task(registry: Any, name: str) -> dict[str, float] | None:
     return steps.production_metrics(registry, name)
 
 
-@task(name="register", cache_policy=NO_CACHE, task_run_name="register-{layout_key}", retries=2,
-      retry_delay_seconds=[5, 20], retry_condition_fn=transient)
+@task(name="register", cache_policy=NO_CACHE, task_run_name="register-{layout_key}")
 def register_task(registry: Any, engine_dir: Path, run_id: str | None, gate_passed: bool,
                   metrics: dict[str, float], tags: dict[str, str], layout_key: str) -> tuple[str, str, bool]:
     return steps.register(registry, engine_dir, run_id=run_id, gate_passed=gate_passed, metrics=metrics, tags=tags)
 
 
-@task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=transient)
-def promote_task(registry: Any, name: str, version: str) -> str | None:
-    return registry.promote(name, version)
+@task(name="promote", cache_policy=NO_CACHE)
+def promote_task(registry: Any, name: str, version: str) -> steps.PromoteOutcome:
+    return steps.promote(registry, name, version)
 
 
 @task(name="serving-swap", cache_policy=NO_CACHE)
@@ -215,7 +213,7 @@ def onboard(config: OnboardConfig) -> OnboardResult:
 
     logger = get_run_logger()
     settings = load_settings()
-    checkpoint, sha = pull_task(config.repo, config.revision, settings)
+    checkpoint, sha, committed = pull_task(config.repo, config.revision, settings)
     logger.info("pulled %s@%s into %s", config.repo, sha[:12], checkpoint)
     slug = _slug(config.repo)
     result = OnboardResult(repo=config.repo, sha=sha)
@@ -262,14 +260,17 @@ def onboard(config: OnboardConfig) -> OnboardResult:
     gates: dict[str, GateOutcome] = {}
     for o in built:
         try:
-            evals[o.key] = evaluate_task(Path(o.engine_dir), checkpoint, config.profile, settings, config.latency,
-                                         layout_key=o.key)
+            evaluated = evaluate_task(Path(o.engine_dir), checkpoint, config.profile, settings, config.latency,
+                                      layout_key=o.key)
+            ab = latency_ab_task(registry, result.model, Path(o.engine_dir), config.profile, settings,
+                                 layout_key=o.key) if config.latency else None
         except Exception as exc:  # noqa: BLE001 (one layout's eval failure does not stop the others)
             o.status, o.reason = "eval-failed", str(exc).splitlines()[0][:300]
             logger.warning("evaluating %s failed: %s", o.key, o.reason)
             continue
-        result.evals_run += int(not evals[o.key].cached)
-        gates[o.key] = gate_task(evals[o.key].metrics, config.gates, production, config.latency, layout_key=o.key)
+        result.evals_run += int(not evaluated.cached)
+        evals[o.key] = steps.with_ab(evaluated, ab)
+        gates[o.key] = gate_task(evaluated.metrics, config.gates, production, config.latency, ab, layout_key=o.key)
         o.gate = "passed" if gates[o.key].passed else "failed"
     create_markdown_artifact(key=f"{slug}-evals", markdown=_eval_markdown(config.repo, sha, evals, gates),
                              description=f"Evals and gates of {config.repo}@{sha[:12]}")
@@ -287,7 +288,8 @@ def onboard(config: OnboardConfig) -> OnboardResult:
         if o.key not in evals:
             continue
         name, version, _ = register_task(registry, Path(o.engine_dir), parent.run_id, o.gate == "passed",
-                                         evals[o.key].metrics, {"profile": config.profile, "layout_key": o.key},
+                                         evals[o.key].metrics, {"profile": config.profile, "layout_key": o.key,
+                                                                "hf_revision_date": committed},
                                          layout_key=o.key)
         o.version = version
     result.layouts = list(outcomes.values())
@@ -326,16 +328,20 @@ def onboard(config: OnboardConfig) -> OnboardResult:
             result.message = f"promotion declined by a human: {answer.comment or 'no comment'}"
             create_markdown_artifact(key=f"{slug}-result", markdown=f"**Not promoted**: {result.message}.")
             return result
-    if config.promote:
-        result.previous_production = promote_task(registry, result.model, chosen.version)
-        result.promoted = True
+    promoted = promote_task(registry, result.model, chosen.version) if config.promote else None
+    if promoted is not None:
+        result.previous_production, result.promoted = promoted.previous, promoted.promoted
         services = _running_services(settings)
-        if services and config.serving_timeout_s > 0:
+        if promoted.promoted and services and config.serving_timeout_s > 0:
             result.served = serving_swap_task(services["api"], services.get("api_key"), result.model,
                                               chosen.version, config.serving_timeout_s)
     _mark_seen(settings, config.repo, sha)
-    result.message = (f"{result.model} version {result.version} is production"
-                      if result.promoted else f"{result.model} version {result.version} passed (not promoted)")
+    if result.promoted:
+        result.message = f"{result.model} version {result.version} is production"
+    elif promoted is not None:
+        result.message = f"{result.model} version {result.version} passed, not promoted: {promoted.reason}"
+    else:
+        result.message = f"{result.model} version {result.version} passed (not promoted)"
     create_markdown_artifact(key=f"{slug}-result", markdown=f"**{result.message}** ({config.repo}@{sha[:12]}; "
                              f"{result.builds_made} builds made, {result.evals_run} evals run).")
     logger.info(result.message)

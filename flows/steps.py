@@ -58,6 +58,28 @@ class EvalResult(BaseModel):
     cached: bool = False
 
 
+class LatencyAB(BaseModel):
+    """The side-by-side latency A/B of a build against production, or why there is none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    production_version: str | None = None
+    report: dict[str, Any] | None = None  # evals.latency_ab.ABReport
+    note: str = ""                        # why there is no A/B (first onboarding, same build, other layout)
+    cached: bool = False
+
+    def ab_report(self) -> Any:
+        from evals.latency_ab import ABReport
+
+        return None if self.report is None else ABReport.model_validate(self.report)
+
+    def markdown(self) -> str:
+        report = self.ab_report()
+        if report is not None:
+            return report.to_markdown()
+        return f"## Latency A/B against production\n\nNo side-by-side comparison: {self.note}.\n"
+
+
 class GateOutcome(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -76,6 +98,13 @@ def pull(repo: str, revision: str, settings: Settings) -> tuple[Path, str]:
 
     return hub_pull(repo, revision, endpoint=settings.hf_endpoint, cache_dir=settings.cache_dir / "hub",
                     settings=settings)
+
+
+def revision_date(repo: str, sha: str, settings: Settings) -> str | None:
+    """The commit date of ``repo@sha`` on the Hub (tagged on the model version as ``hf_revision_date``)."""
+    from onramp.hub import revision_date as hub_revision_date
+
+    return hub_revision_date(repo, sha, endpoint=settings.hf_endpoint)
 
 
 # ------------------------------------------------------------------------------ plan
@@ -156,8 +185,13 @@ def model_name(manifest: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------ evaluate
 
+# Bumped when the evals measure something new (2: KL divergence and top-1 agreement), so that a
+# build's cached result from before is measured again rather than judged without the new metrics.
+EVALS_VERSION = 2
+
+
 def eval_cache_path(settings: Settings, build_id: str, profile: str) -> Path:
-    return settings.home / "evals" / build_id / f"{profile}.json"
+    return settings.home / "evals" / build_id / f"{profile}.v{EVALS_VERSION}.json"
 
 
 def load_cached_eval(settings: Settings, build_id: str, profile: str) -> EvalResult | None:
@@ -260,17 +294,69 @@ def _latency(engine_dir: Path, out_dir: Path, profile: str) -> tuple[dict[str, f
     return _metrics_of(report), _markdown_of(report), plot
 
 
+# ------------------------------------------------------------------------------ latency A/B
+
+def ab_cache_path(settings: Settings, build_id: str, production_build_id: str, profile: str) -> Path:
+    return settings.home / "evals" / build_id / f"ab-{production_build_id[:16]}-{profile}.json"
+
+
+def latency_ab(registry: Any, name: str, engine_dir: Path, profile: str, settings: Settings) -> LatencyAB:
+    """The build against the production version, both served side by side (evals.latency_ab);
+    cached by (build, production build, profile). No A/B without a production version (a first
+    onboarding), when the build is production itself, or when production is another layout."""
+    from evals.latency_ab import ab_engines, load_for
+
+    info = registry.get_production(name)
+    if info is None:
+        return LatencyAB(note="no production version yet (a first onboarding); absolute latency is reported only")
+    build = read_build(engine_dir)
+    prod_build_id = info.tags.get("build_id") or ""
+    if prod_build_id == build["build_id"]:
+        return LatencyAB(production_version=info.version, note=f"this build is production (v{info.version}) itself")
+    cache = ab_cache_path(settings, build["build_id"], prod_build_id or info.version, profile)
+    try:
+        return LatencyAB.model_validate_json(cache.read_text()).model_copy(update={"cached": True})
+    except (OSError, ValueError):
+        pass
+    prod_dir = registry.fetch(name, info.version)
+    prod = read_build(prod_dir)
+    if (prod["backend"], prod["layout"]["hardware"]) != (build["backend"], build["layout"]["hardware"]):
+        return LatencyAB(production_version=info.version,
+                         note=f"production v{info.version} is a {prod['backend']} build for "
+                              f"{prod['layout']['hardware']}, not comparable on this machine")
+    report = ab_engines(engine_dir, prod_dir, load_for(profile), candidate_label=Path(engine_dir).name,
+                        production_label=f"v{info.version} ({prod_dir.name})")
+    result = LatencyAB(production_version=info.version, report=report.model_dump())
+    write_text_atomic(cache, result.model_dump_json(indent=2))
+    return result
+
+
+def with_ab(result: EvalResult, ab: LatencyAB | None) -> EvalResult:
+    """The build's eval result with the A/B's numbers (ratios, both sides' medians) and report added."""
+    if ab is None:
+        return result
+    report = ab.ab_report()
+    metrics = {**result.metrics, **(report.metrics() if report is not None else {})}
+    return result.model_copy(update={"metrics": metrics,
+                                     "report_md": "\n\n".join(p for p in (result.report_md, ab.markdown()) if p)})
+
+
 # ------------------------------------------------------------------------------ gate
 
 def gate(metrics: dict[str, float], gates: str | None, production: dict[str, float] | None, *,
-         latency: bool = True) -> GateOutcome:
-    """Judge a build's metrics (evals.gates); without a latency sweep only the quality section applies."""
+         latency: bool = True, ab: LatencyAB | None = None) -> GateOutcome:
+    """Judge a build's metrics (evals.gates); without a latency sweep only the quality section applies.
+    Latency against production is judged only by the side-by-side A/B (``ab``), never by the
+    production run's stored latency numbers."""
     from evals.gates import apply_gates
 
     result = apply_gates(metrics, gates, production=production,
-                         sections=None if latency else ("quality",))
+                         sections=None if latency else ("quality",),
+                         ab=ab.ab_report() if ab is not None else None)
     rows = [{"metric": c.metric, "kind": c.kind, "value": c.value, "threshold": c.threshold,
-             "result": "pass" if c.passed else "FAIL", "note": c.note} for c in result.checks]
+             "result": ("pass" if c.passed else "miss (advisory)" if c.advisory
+                        else "FAIL" if c.gating else "missed (report only)"), "note": c.note}
+            for c in result.checks]
     return GateOutcome(passed=result.passed, rows=rows, summary=result.to_markdown(),
                        gates_version=str(result.gates_version), failed=list(result.failed))
 
@@ -313,6 +399,27 @@ def register(registry: Any, engine_dir: Path, *, run_id: str | None, gate_passed
     version = registry.register(engine_dir, name=name, run_id=run_id, gate_passed=gate_passed, metrics=metrics,
                                 tags=tags)
     return name, version, True
+
+
+class PromoteOutcome(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    promoted: bool
+    previous: str | None = None
+    reason: str = ""
+
+
+def promote(registry: Any, name: str, version: str) -> PromoteOutcome:
+    """Promote ``version`` unless production already holds a newer Hub revision (then it is a normal
+    outcome, not a failure: a newer onboarding of the same repo won the race)."""
+    from registry.errors import StalePromotionError
+
+    try:
+        previous = registry.promote(name, version)
+    except StalePromotionError as exc:
+        log.info("not promoting %s version %s: %s", name, version, exc.what)
+        return PromoteOutcome(promoted=False, reason=exc.what)
+    return PromoteOutcome(promoted=True, previous=previous)
 
 
 def tracking_links(registry: Any, name: str, version: str, run_id: str | None, ui: str | None) -> dict[str, str]:

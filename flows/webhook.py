@@ -97,7 +97,30 @@ def revision_from_payload(payload: HubWebhook) -> tuple[str | None, str | None]:
     return payload.repo.headSha, None
 
 
-@router.post("/hooks/huggingface", status_code=202)
+def _inline(schema: dict) -> dict:
+    """A pydantic JSON schema with its ``$defs`` substituted (for an inline OpenAPI request body)."""
+    defs = schema.pop("$defs", {})
+
+    def sub(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return sub(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: sub(v) for k, v in node.items()}
+        return [sub(v) for v in node] if isinstance(node, list) else node
+
+    return sub(schema)
+
+
+_ERROR_DOC = {"description": "why the webhook was refused", "content": {"application/json": {"schema": {
+    "type": "object", "required": ["error"], "properties": {"error": {"type": "object"}}}}}}
+
+
+@router.post("/hooks/huggingface", status_code=202, responses={
+    200: {"description": "not a new model revision: ignored", "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"status": {"const": "ignored"}, "reason": {"type": "string"}}}}}},
+    401: _ERROR_DOC, 422: _ERROR_DOC, 503: _ERROR_DOC | {"description": "the webhook or Prefect is not configured"}},
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": _inline(HubWebhook.model_json_schema())}}}})
 async def huggingface_webhook(request: Request) -> Any:
     """Receive a Hub webhook; emit ``onramp.model.revision`` for a new model revision."""
     settings = _settings(request)

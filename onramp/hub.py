@@ -14,10 +14,16 @@ HTTP call times out after ``hub_timeout_s`` seconds without an answer (settings,
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 
 from onramp.errors import OnrampError
+from onramp.retry import is_network_error, retrying
+
+log = logging.getLogger(__name__)
+PULL_ATTEMPTS = 4       # tries of a pull while the Hub cannot be reached (then HubUnavailableError)
+PULL_RETRY_WAIT = 2.0   # seconds before the second try, doubling after
 
 ALLOW_PATTERNS = [
     "*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja", "*.md",
@@ -30,6 +36,10 @@ class HubError(OnrampError):
     """The Hub (or mirror) could not be reached or does not have what was asked for."""
 
 
+class HubUnavailableError(HubError):
+    """The Hub (or mirror) could not be reached, answered 5xx, or dropped a download."""
+
+
 def _hub_error(exc: Exception, repo_id: str, revision: str, endpoint: str | None) -> HubError:
     where = endpoint or "the public Hub"
     name = type(exc).__name__
@@ -37,8 +47,10 @@ def _hub_error(exc: Exception, repo_id: str, revision: str, endpoint: str | None
         return HubError(f"repository {repo_id} not found on {where}", "check the repo id and HF_ENDPOINT / HF_TOKEN")
     if name == "RevisionNotFoundError":
         return HubError(f"revision {revision!r} of {repo_id} not found on {where}", "check --revision")
-    return HubError(f"cannot reach {where} for {repo_id}@{revision}: {name}: {str(exc).splitlines()[0][:200]}",
-                    "check HF_ENDPOINT (onramp mirror serve for a loopback mirror) and the network")
+    cls = HubUnavailableError if is_network_error(exc) else HubError
+    first = (str(exc).splitlines() or [""])[0][:200]
+    return cls(f"cannot reach {where} for {repo_id}@{revision}: {name}: {first}",
+               "check HF_ENDPOINT (onramp mirror serve for a loopback mirror) and the network")
 
 
 _timeout_lock = threading.Lock()
@@ -142,14 +154,53 @@ def _disk_size(root: Path) -> int:
     return sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file())  # follows the cache's symlinks
 
 
+def revision_date(repo_id: str, sha: str, endpoint: str | None = None) -> str | None:
+    """The date of commit ``sha`` (ISO 8601, UTC) as the Hub reports it, or None; what orders two
+    revisions of a repo (a later commit is the newer revision)."""
+    from huggingface_hub import HfApi
+
+    timeout = _settings().hub_timeout_s
+    use_timeout(timeout)
+
+    def ask() -> str | None:
+        try:
+            info = HfApi(endpoint=endpoint).model_info(repo_id, revision=sha, timeout=timeout)
+        except Exception as exc:
+            raise _hub_error(exc, repo_id, sha, endpoint) from None
+        return info.last_modified.isoformat() if info.last_modified else None
+
+    return _retried(f"asking {endpoint or 'the Hub'} for {repo_id}@{sha[:12]}", ask, PULL_ATTEMPTS, PULL_RETRY_WAIT)
+
+
+def _retried(what: str, fn, attempts: int, wait: float):
+    try:
+        for attempt in retrying(what, attempts=attempts, wait=wait, log=log,
+                                retry_on=lambda e: isinstance(e, HubUnavailableError)):
+            with attempt:
+                return fn()
+    except HubUnavailableError as exc:
+        raise HubUnavailableError(f"{exc.what} (after {attempts} attempts)", exc.fix) from None
+
+
 def pull(repo_id: str, revision: str = "main", *, endpoint: str | None = None,
-         cache_dir: Path | None = None, token: str | None = None, settings=None) -> tuple[Path, str]:
+         cache_dir: Path | None = None, token: str | None = None, settings=None,
+         attempts: int = PULL_ATTEMPTS, retry_wait: float = PULL_RETRY_WAIT) -> tuple[Path, str]:
     """Download a pinned snapshot of ``repo_id``; return ``(local_dir, sha)``.
 
     The revision is resolved to a sha first, and the snapshot is fetched at that sha, so the
     files on disk are exactly that commit even if the branch moves meanwhile. Limits and the
-    timeout come from ``settings`` (default: :func:`onramp.settings.load_settings`).
+    timeout come from ``settings`` (default: :func:`onramp.settings.load_settings`). While the
+    Hub cannot be reached (refused, 5xx, a download cut off or stalled) the pull is tried again,
+    ``attempts`` times in all with a doubling wait; huggingface_hub resumes the files it had
+    started. Then :class:`HubUnavailableError` names the endpoint.
     """
+    return _retried(f"pull of {repo_id}@{revision} from {endpoint or 'the Hub'}",
+                    lambda: _pull_once(repo_id, revision, endpoint, cache_dir, token, settings),
+                    attempts, retry_wait)
+
+
+def _pull_once(repo_id: str, revision: str, endpoint: str | None, cache_dir: Path | None, token: str | None,
+               settings) -> tuple[Path, str]:
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import filter_repo_objects
 

@@ -70,7 +70,8 @@ def register(app: typer.Typer) -> None:
     def promote(
         name: str = typer.Argument(..., help="Registered model, ORG--NAME of its Hub repo (onramp models lists them)."),
         version: str = typer.Argument(..., help="Version number (or an alias such as candidate)."),
-        force: bool = typer.Option(False, "--force", help="Promote even a version whose gates failed."),
+        force: bool = typer.Option(False, "--force", help="Promote even a version whose gates failed, or one "
+                                                        "built from an older Hub revision than production's."),
     ) -> None:
         """Point NAME's production alias at VERSION; the previous one is kept for rollback."""
         from mlflow.exceptions import MlflowException

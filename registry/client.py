@@ -35,12 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from onramp.retry import first_line, is_network_error, retrying
+from registry import promotion
 from registry.errors import (
     ArtifactStoreError,
+    ArtifactStoreUnavailableError,
     IntegrityError,
     ModelNotFoundError,
     PromotionError,
     RegistryError,
+    RegistryUnavailableError,
 )
 from registry.names import registered_name
 
@@ -58,9 +62,7 @@ CANDIDATE = "candidate"
 PRODUCTION = "production"
 PREVIOUS = "previous_production"
 ENGINE_PATH = "engine"
-HISTORY_TAG = "onramp.production_history"
 VERSION_TAGS = ("hf_repo", "hf_revision", "backend", "layout", "quantization", "builder_version", "gate")
-_HISTORY_MAX = 50
 _COMPLETE = ".onramp-fetched"
 _STALE_PARTIAL_S = 3600.0
 
@@ -217,6 +219,8 @@ class Registry:
         attempts: int = 4,
         retry_wait: float = 1.0,
         connect_timeout: float = 5.0,
+        lock_timeout_s: float = 120.0,
+        lock_lease_s: float = 60.0,
     ):
         if settings is None:
             from onramp.settings import load_settings
@@ -238,6 +242,13 @@ class Registry:
         self.attempts = max(1, attempts)
         self.retry_wait = retry_wait
         self.connect_timeout = connect_timeout
+        self.lock_timeout_s = lock_timeout_s
+        self.lock_lease_s = lock_lease_s
+        if self.tracking_uri.startswith(("http://", "https://")):
+            # MLflow's own HTTP retries are the one retry layer of tracking calls: keep them bounded
+            # (its default is 7 retries with a doubling backoff, minutes against a server that is down)
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
 
@@ -287,21 +298,22 @@ class Registry:
             return exp.experiment_id
 
     def _call(self, fn: Callable[[], T]) -> T:
-        """Run a tracking/registry call; turn connection failures into one clear error."""
+        """Run a tracking/registry call; a server that cannot be reached (after MLflow's own
+        bounded HTTP retries) becomes one :class:`RegistryUnavailableError` naming it."""
         from mlflow.exceptions import MlflowException
 
         try:
             return fn()
         except MlflowException as exc:
-            if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code):
-                raise
-            msg = str(exc)
-            if "Max retries" in msg or "Connection" in msg:
-                raise RegistryError(
-                    f"MLflow tracking server {self.tracking_uri} is unreachable: {msg.splitlines()[0][:200]}",
-                    "start it (`mlflow server ...`) or fix ONRAMP_MLFLOW_TRACKING_URI",
-                ) from None
+            if is_network_error(exc):
+                raise self._unavailable(exc) from None
             raise
+
+    def _unavailable(self, exc: BaseException) -> RegistryUnavailableError:
+        return RegistryUnavailableError(
+            f"MLflow tracking server {self.tracking_uri} is unreachable: {first_line(exc, 200)}",
+            "start it (`mlflow server ...` or `onramp up`) or fix ONRAMP_MLFLOW_TRACKING_URI, then run again",
+        )
 
     def _s3_endpoint(self) -> str:
         return os.environ.get("MLFLOW_S3_ENDPOINT_URL") or "AWS S3 (no MLFLOW_S3_ENDPOINT_URL)"
@@ -312,7 +324,7 @@ class Registry:
             return
         import boto3
         from botocore.config import Config
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import ClientError
 
         bucket = artifact_uri.removeprefix("s3://").split("/", 1)[0]
         client = boto3.client(
@@ -322,55 +334,57 @@ class Registry:
             config=Config(
                 connect_timeout=self.connect_timeout,
                 read_timeout=max(self.connect_timeout, 10.0),
-                retries={"max_attempts": 1},  # our own loop retries, and logs each attempt
+                retries={"max_attempts": 1},  # our own policy retries, and logs each attempt
             ),
         )
-        for attempt in range(1, self.attempts + 1):
-            try:
-                client.head_bucket(Bucket=bucket)
-                return
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "?")
-                raise ArtifactStoreError(
-                    f"S3 bucket {bucket!r} at {self._s3_endpoint()} is not usable (S3 error {code})",
-                    "create the bucket, or check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and "
-                    "ONRAMP_MLFLOW_ARTIFACT_ROOT",
-                ) from None
-            except BotoCoreError as exc:
-                if attempt == self.attempts:
-                    raise ArtifactStoreError(
-                        f"S3 endpoint {self._s3_endpoint()} unreachable after {self.attempts} attempts: {exc}",
-                        "check that the S3 server is up and that MLFLOW_S3_ENDPOINT_URL and AWS_* point at it",
-                    ) from None
-                wait = self.retry_wait * 2 ** (attempt - 1)
-                log.warning("S3 endpoint %s unreachable (attempt %d/%d): %s; retrying in %.1fs",
-                            self._s3_endpoint(), attempt, self.attempts, exc, wait)
-                time.sleep(wait)
+        try:
+            for attempt in retrying(f"S3 endpoint {self._s3_endpoint()}", attempts=self.attempts,
+                                    wait=self.retry_wait, log=log):
+                with attempt:
+                    client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if is_network_error(exc):
+                raise self._s3_unavailable(exc) from None
+            code = exc.response.get("Error", {}).get("Code", "?")
+            raise ArtifactStoreError(
+                f"S3 bucket {bucket!r} at {self._s3_endpoint()} is not usable (S3 error {code})",
+                "create the bucket, or check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and "
+                "ONRAMP_MLFLOW_ARTIFACT_ROOT",
+            ) from None
+        except Exception as exc:
+            if is_network_error(exc):
+                raise self._s3_unavailable(exc) from None
+            raise
+
+    def _s3_unavailable(self, exc: BaseException) -> ArtifactStoreUnavailableError:
+        return ArtifactStoreUnavailableError(
+            f"S3 endpoint {self._s3_endpoint()} unreachable after {self.attempts} attempts: {first_line(exc, 200)}",
+            "check that the S3 server is up and that MLFLOW_S3_ENDPOINT_URL and AWS_* point at it, then run again",
+        )
 
     def _with_retries(self, what: str, fn: Callable[[], T], run_id: str | None = None) -> T:
-        """Bounded retries with exponential backoff around an artifact transfer."""
-        last: BaseException | None = None
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return fn()
-            except RegistryError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - OSError, MlflowException, boto3/botocore/s3transfer
-                last = exc
-                if attempt < self.attempts:
-                    wait = self.retry_wait * 2 ** (attempt - 1)
-                    log.warning("%s failed (attempt %d/%d): %s; retrying in %.1fs",
-                                what, attempt, self.attempts, str(exc).splitlines()[0][:200], wait)
-                    time.sleep(wait)
-        where = ""
-        if run_id is not None:
-            with contextlib.suppress(Exception):
-                where = f" at {self.client.get_run(run_id).info.artifact_uri}"
-        raise ArtifactStoreError(
-            f"{what}{where} failed after {self.attempts} attempts: {str(last).splitlines()[0][:300]}",
-            "check the artifact store (ONRAMP_MLFLOW_ARTIFACT_ROOT; for s3:// also MLFLOW_S3_ENDPOINT_URL "
-            f"= {self._s3_endpoint()} and AWS_*) and retry",
-        ) from None
+        """An artifact transfer, retried (bounded, with backoff) when the store cannot be reached or
+        drops it; any failure becomes an :class:`ArtifactStoreError` naming the store."""
+        try:
+            for attempt in retrying(what, attempts=self.attempts, wait=self.retry_wait, log=log):
+                with attempt:
+                    return fn()
+        except RegistryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - OSError, MlflowException, boto3/botocore/s3transfer
+            transient = is_network_error(exc)
+            where = ""
+            if run_id is not None:
+                with contextlib.suppress(Exception):
+                    where = f" at {self.client.get_run(run_id).info.artifact_uri}"
+            cls = ArtifactStoreUnavailableError if transient else ArtifactStoreError
+            tries = f" after {self.attempts} attempts" if transient else ""
+            raise cls(
+                f"{what}{where} failed{tries}: {first_line(exc)}",
+                "check the artifact store (ONRAMP_MLFLOW_ARTIFACT_ROOT; for s3:// also MLFLOW_S3_ENDPOINT_URL "
+                f"= {self._s3_endpoint()} and AWS_*) and retry",
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ------------------------------------------------------------------ runs
 
@@ -511,7 +525,11 @@ class Registry:
             run.set_tags({"onramp.model": name, "onramp.version": version})
             run.end("FINISHED")
         except BaseException as exc:
+            if isinstance(exc, MlflowException) and is_network_error(exc):
+                exc = self._unavailable(exc)
             self._undo_register(name, version, created_model, run, exc)
+            if isinstance(exc, RegistryUnavailableError):
+                raise exc from None
             if isinstance(exc, MlflowException):
                 raise RegistryError(
                     f"MLflow refused to register {name}: {str(exc).splitlines()[0][:300]}",
@@ -545,6 +563,11 @@ class Registry:
 
     def _undo_register(self, name: str, version: str | None, created_model: bool, run: RunHandle,
                        exc: BaseException) -> None:
+        if isinstance(exc, RegistryUnavailableError):
+            # nothing can be undone on a server that is down; what is left is never served: a run
+            # (RUNNING, with files) but no model version, and a rerun registers the build anew
+            log.warning("registration of %s failed (%s); run %s is left without a version", name, exc, run.run_id)
+            return
         log.warning("registration of %s failed (%s); removing what was created", name, exc)
         if version is not None:
             with contextlib.suppress(Exception):
@@ -578,7 +601,8 @@ class Registry:
         try:
             model = self.client.get_registered_model(name)
         except MlflowException:
-            known = ", ".join(m.name for m in self.client.search_registered_models()) or "none"
+            known = ", ".join(m.name for m in self.client.search_registered_models()
+                              if not promotion.is_lock_name(m.name)) or "none"
             raise ModelNotFoundError(
                 f"no registered model {name!r} (registered: {known})", "see `onramp models`"
             ) from None
@@ -611,74 +635,35 @@ class Registry:
         version = self.alias_version(name, PRODUCTION)
         return None if version is None else self._info(self._version(name, version))
 
-    def _history(self, name: str) -> list[str]:
-        model = self.client.get_registered_model(name)
-        raw = model.tags.get(HISTORY_TAG)
-        try:
-            return [str(v) for v in json.loads(raw)] if raw else []
-        except ValueError:
-            return []
-
-    def _set_history(self, name: str, history: list[str]) -> None:
-        self.client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-_HISTORY_MAX:]))
-        if history:
-            self.client.set_registered_model_alias(name, PREVIOUS, history[-1])
-        else:
-            from mlflow.exceptions import MlflowException
-
-            with contextlib.suppress(MlflowException):
-                self.client.delete_registered_model_alias(name, PREVIOUS)
+    def version_info(self, name: str, version_or_alias: str | int) -> VersionInfo:
+        """One version (a number or an alias) with its tags; ``.gate`` says whether it passed."""
+        return self._info(self._version(name, version_or_alias))
 
     def promote(self, name: str, version: str | int, *, force: bool = False) -> str | None:
         """Point ``production`` at ``version``; remember the one before. Returns the previous version.
 
-        A version whose gates failed is refused unless ``force``.
+        Refused unless ``force``: a version whose gates failed (:class:`PromotionError`) and a
+        version of an older Hub revision than production's (:class:`StalePromotionError`).
+        Serialized with every other promote/rollback of ``name`` (see :mod:`registry.promotion`).
         """
         mv = self._version(name, version)
-        version = str(mv.version)
         if mv.tags.get("gate") != "passed" and not force:
             raise PromotionError(
-                f"{name} version {version} did not pass its gates (gate={mv.tags.get('gate', 'unknown')})",
+                f"{name} version {mv.version} did not pass its gates (gate={mv.tags.get('gate', 'unknown')})",
                 f"promote a version that passed (see `onramp models`), "
-                f"or use `onramp promote {name} {version} --force`",
+                f"or use `onramp promote {name} {mv.version} --force`",
             )
-        current = self.alias_version(name, PRODUCTION)
-        if current == version:
-            return None
-        if current is not None:
-            self._set_history(name, [*self._history(name), current])
-        self.client.set_registered_model_alias(name, PRODUCTION, version)
-        self.client.set_model_version_tag(name, version, "promoted_at", time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                      time.gmtime()))
-        log.info("promoted %s version %s to production (was %s)", name, version, current)
-        return current
+        return promotion.promote(self, name, mv, force=force)
 
     def rollback(self, name: str) -> str:
         """Restore the production version from before the last promote; return it."""
         self.aliases(name)  # clear error for an unknown model
-        history = self._history(name)
-        current = self.alias_version(name, PRODUCTION)
-        while history:
-            previous = history.pop()
-            if previous == current:
-                continue
-            try:
-                self._version(name, previous)
-            except ModelNotFoundError:
-                log.warning("%s version %s was deleted; skipping it in the rollback", name, previous)
-                continue
-            self.client.set_registered_model_alias(name, PRODUCTION, previous)
-            self._set_history(name, history)
-            if current is not None:
-                self.client.set_model_version_tag(name, current, "rolled_back_at",
-                                                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-            log.info("rolled %s back from version %s to %s", name, current, previous)
-            return previous
-        self._set_history(name, [])
-        raise PromotionError(
-            f"{name} has no earlier production version to roll back to (production: {current or 'none'})",
-            f"promote a version explicitly: `onramp promote {name} VERSION`",
-        )
+        return promotion.rollback(self, name)
+
+    def production_state(self, name: str) -> promotion.ProductionState:
+        """The production record (seq, production, history, recent moves), reconciled with the alias."""
+        with promotion.production_lock(self, name):
+            return promotion.reconcile(self, name)
 
     # ------------------------------------------------------------------ listing
 
@@ -690,12 +675,15 @@ class Registry:
         )
 
     def model_names(self) -> list[str]:
-        return sorted(m.name for m in self._call(lambda: self.client.search_registered_models(max_results=1000)))
+        return sorted(m.name for m in self._call(lambda: self.client.search_registered_models(max_results=1000))
+                      if not promotion.is_lock_name(m.name))
 
     def list_models(self) -> list[ModelInfo]:
         """Every registered model with its aliases and versions (newest first)."""
         out = []
         for model in self._call(lambda: self.client.search_registered_models(max_results=1000)):
+            if promotion.is_lock_name(model.name):
+                continue
             aliases = {k: str(v) for k, v in model.aliases.items()}
             versions = [self._info(mv) for mv in self.client.search_model_versions(f"name = '{model.name}'")]
             for v in versions:

@@ -23,3 +23,19 @@ class IntegrityError(RegistryError):
 
 class PromotionError(RegistryError):
     """promote/rollback cannot be done (gate failed, nothing to roll back to)."""
+
+
+class RegistryUnavailableError(RegistryError):
+    """The MLflow tracking server could not be reached (after MLflow's own bounded retries)."""
+
+
+class ArtifactStoreUnavailableError(ArtifactStoreError):
+    """The artifact store could not be reached or dropped the transfer (after bounded retries)."""
+
+
+class StalePromotionError(PromotionError):
+    """The version is of an older Hub revision than the one in production (promote refuses it unless forced)."""
+
+
+class LockTimeoutError(PromotionError):
+    """Another promote/rollback held the model's production lock for too long."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -45,6 +44,15 @@ def serve(
                                   help="Also serve each registered model's 'production' alias (as ORG--NAME, and "
                                        "as NAME where no other registered model has that NAME); swap when it moves."),
     log_prompts: bool = typer.Option(False, "--log-prompts", help="Log prompt text (off by default)."),
+    max_n: int = typer.Option(8, "--max-n", min=1, max=128, help="Most choices (n) one request may ask for."),
+    swap_timeout: float = typer.Option(600.0, "--swap-timeout", min=0.001,
+                                       help="Seconds an engine may take to load and warm up in a swap."),
+    registry_poll: float = typer.Option(5.0, "--registry-poll", min=0.01,
+                                        help="With --registry: seconds between polls of the production and "
+                                             "canary aliases."),
+    registry_max_backoff: float = typer.Option(
+        300.0, "--registry-max-backoff", min=0.01,
+        help="With --registry: longest wait before retrying a production version that failed to load."),
 ) -> None:
     """Serve engines behind the OpenAI- and pplx-compatible API."""
     from onramp.cli import fail
@@ -61,12 +69,22 @@ def serve(
         from serving.app import ServeConfig, build_app
 
         hooks_start, hooks_stop, resolver = [], [], None
+        swap_roots = [settings.engines_dir, settings.home / "registry" / "cache"]
         if registry:
-            hooks_start, hooks_stop, resolver = _registry_hooks(settings)
+            from serving.follow import RegistryFollower
+
+            follower = RegistryFollower(settings, interval=registry_poll, max_backoff=registry_max_backoff)
+            hooks_start, hooks_stop, resolver = [follower.start], [follower.stop], follower.resolve
+            from serving.routing import canary_hooks
+
+            canary_start, canary_stop = canary_hooks(follower.registry, interval=registry_poll)
+            hooks_start, hooks_stop = [*hooks_start, canary_start], [canary_stop, *hooks_stop]
+            swap_roots.append(follower.cache_dir)
         config = ServeConfig(engines=engines, auth=not no_auth, keys_file=settings.keys_file, max_queue=max_queue,
                              engine_options={"cache_size_gb": cache_size_gb} if cache_size_gb else {},
                              log_prompts=log_prompts,
-                             resolve_version=resolver, default_max_tokens=default_max_tokens)
+                             resolve_version=resolver, default_max_tokens=default_max_tokens,
+                             swap_roots=swap_roots, swap_timeout_s=swap_timeout, max_n=max_n)
         app = build_app(config, startup_hooks=hooks_start, shutdown_hooks=hooks_stop, settings=settings)
     except OnrampError as err:
         fail(err)
@@ -82,56 +100,13 @@ def serve(
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="info")
 
 
-def _registry_hooks(settings):
-    """Wire registry.watch.AliasWatcher when the registry package provides it."""
-    from serving.errors import ServingError
-
-    try:
-        from registry.client import Registry
-        from registry.names import short_aliases
-        from registry.watch import AliasWatcher
-    except ModuleNotFoundError as exc:
-        raise ServingError(f"--registry needs registry.watch ({exc.name} is missing)",
-                           "serve explicit engines with --engine NAME=DIR") from None
-    reg = Registry(settings)
-    state: dict = {}
-
-    async def start(app):
-        slots = app.state.slots
-
-        async def on_change(name: str, version: str, engine_dir: Path) -> None:
-            await slots.swap(name, engine_dir, version=version)
-
-        def on_names(names: list[str]) -> None:  # short names, where no two registered models share one
-            slots.set_aliases(short_aliases(names))
-
-        from serving.routing import POLL_ENV, CanaryFollower, Router
-
-        interval = float(os.environ.get(POLL_ENV, "5"))
-        watcher = AliasWatcher(reg, alias="production", on_change=on_change, on_names=on_names, interval=interval)
-        state["watcher"] = watcher
-        await watcher.start()
-        router = Router()
-        app.state.service.router = router
-        state["canary"] = CanaryFollower(reg, slots, router, interval=interval)
-        await state["canary"].start()
-
-    async def stop(app):
-        for key in ("canary", "watcher"):
-            if key in state:
-                await state[key].stop()
-
-    def resolve(name: str, version: str) -> Path:
-        return Path(reg.fetch(name, version))
-
-    return [start], [stop], resolve
-
-
 @keys_app.command("create")
 def keys_create(
     name: str = typer.Argument(..., help="A name for the key (who or what uses it)."),
     admin: bool = typer.Option(False, "--admin", help="Also allow the admin endpoints (swap)."),
     keys_file: Path | None = typer.Option(None, "--keys-file", help="Default: ONRAMP_KEYS_FILE."),
+    rpm: int | None = typer.Option(None, "--rpm", help="Requests per minute this key may send (default: no limit)."),
+    tpm: int | None = typer.Option(None, "--tpm", help="Prompt + completion tokens per minute (default: no limit)."),
 ) -> None:
     """Create a key; it is printed once and only its sha256 is stored."""
     from onramp.cli import fail
@@ -141,7 +116,7 @@ def keys_create(
 
     try:
         settings = load_settings(keys_file=keys_file)
-        raw = create_key(settings.keys_file, name, admin=admin)
+        raw = create_key(settings.keys_file, name, admin=admin, rpm=rpm, tpm=tpm)
     except OnrampError as err:
         fail(err)
     typer.secho(f"key {name!r} stored (hashed) in {settings.keys_file}; it is shown only now:", err=True)
@@ -150,16 +125,21 @@ def keys_create(
 
 @keys_app.command("list")
 def keys_list(keys_file: Path | None = typer.Option(None, "--keys-file")) -> None:
-    """List key names and scopes (never the keys)."""
+    """List key names, scopes, limits and usage so far (never the keys)."""
     from onramp.cli import fail
     from onramp.errors import OnrampError
     from onramp.settings import load_settings
     from serving.auth import list_keys
+    from serving.usage import read_usage, usage_file
 
     try:
         settings = load_settings(keys_file=keys_file)
+        usage = read_usage(usage_file(settings.keys_file))
+        typer.echo("name\tscopes\trpm\ttpm\trequests\tprompt_tokens\tcompletion_tokens")
         for key in list_keys(settings.keys_file):
-            typer.echo(f"{key.name}\t{','.join(key.scopes)}")
+            u = usage.get(key.name, {})
+            typer.echo(f"{key.name}\t{','.join(key.scopes)}\t{key.rpm or '-'}\t{key.tpm or '-'}\t"
+                       f"{u.get('requests', 0)}\t{u.get('prompt_tokens', 0)}\t{u.get('completion_tokens', 0)}")
     except OnrampError as err:
         fail(err)
 

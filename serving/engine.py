@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 from collections.abc import AsyncIterator
 
-__all__ = ["ChatMessage", "Delta", "Engine", "EngineInfo", "GenerationRequest", "SamplingParams", "TokenLogprob"]
+__all__ = ["ChatMessage", "Constraint", "Delta", "Engine", "EngineInfo", "GenerationRequest", "SamplingParams",
+           "TokenLogprob"]
 
 FINISH_REASONS = ("stop", "length", "abort")
 
@@ -31,6 +32,22 @@ class EngineInfo:
     backend_version: str = ""
 
 
+@dataclass(frozen=True)
+class Constraint:
+    """Constrained decoding: what the output must match (each backend maps it to its grammar engine).
+
+    ``kind``: "json_object" (any JSON object), "json_schema" (``value``: the schema as JSON text),
+    "regex" or "grammar" (``value``: the pattern / EBNF), or "tool_tags" (free text in which a
+    ``<tool_call>`` block, when the model opens one, must hold ``{"name": N, "arguments": A}``
+    with A valid for that tool's schema; ``tools``: (name, parameters schema JSON text) pairs).
+    """
+
+    kind: str
+    value: str = ""
+    tools: tuple[tuple[str, str], ...] = ()
+    param: str = "response_format"  # the request parameter a grammar that fails to compile is blamed on
+
+
 @dataclass
 class SamplingParams:
     """Sampling knobs shared by every backend (OpenAI's names and meanings)."""
@@ -46,12 +63,18 @@ class SamplingParams:
     seed: int | None = None
     logprobs: bool = False
     ignore_eos: bool = False  # benchmarks: generate exactly max_tokens
+    constraint: Constraint | None = None  # structured outputs / forced tool calls
+    n: int = 1  # choices per request; each Delta says which (``index``)
+    top_logprobs: int = 0  # alternatives per output token (needs ``logprobs``)
+    prompt_logprobs: int | None = None  # not None: the prompt tokens' logprobs (and this many alternatives)
 
 
 @dataclass(frozen=True)
 class ChatMessage:
-    role: str  # system | user | assistant
+    role: str  # system | user | assistant | tool
     content: str
+    tool_calls: tuple[dict, ...] | None = None  # assistant: OpenAI-shaped calls ({id, type, function})
+    tool_call_id: str | None = None  # tool: the call this message answers
 
 
 @dataclass
@@ -63,19 +86,24 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     messages: list[ChatMessage] | None = None
     prompt: str | None = None
+    tools: list[dict] | None = None  # OpenAI tool definitions, shown to the model by its chat template
+    prompt_ids: list[int] | None = None  # a prompt given as token ids (lm-eval's tokenized requests)
 
 
 @dataclass(frozen=True)
 class TokenLogprob:
     token: str
-    logprob: float
+    logprob: float | None  # None: the first prompt token (nothing before it)
+    top: tuple[tuple[str, float], ...] = ()  # the most likely alternatives, best first (top_logprobs)
+    id: int = -1  # the token id, where the backend knows it
 
 
 @dataclass
 class Delta:
     """A piece of one request's output. ``text`` is new text since the last delta;
     ``completion_tokens`` and ``prompt_tokens`` are running totals; ``finish_reason`` is set on
-    the last delta only ("stop", "length" or "abort")."""
+    the last delta only ("stop", "length" or "abort"). With ``n`` > 1, deltas of the choices
+    interleave; ``index`` says whose, and the stream ends when every choice has finished."""
 
     text: str
     prompt_tokens: int
@@ -83,6 +111,8 @@ class Delta:
     new_tokens: int = 0
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None
+    index: int = 0  # which choice (0..n-1); counts are that choice's own
+    prompt_logprobs: list[TokenLogprob] | None = None  # first delta of a choice: the prompt's (first: logprob None)
 
 
 @runtime_checkable

@@ -31,6 +31,9 @@ class Metrics:
                                  ["model", "version", "backend"], registry=r)
         self.swaps = Counter("onramp_engine_swaps", "Engine swaps by model and result.", ["model", "result"],
                              registry=r)
+        self.swap_failures = Counter(
+            "onramp_swap_failures", "Failed attempts to bring in a new engine (load, warm-up, timeout; the "
+            "registry follower's fetches too).", ["model"], registry=r)
         # per version (canary rollouts compare these; model is the served name, version the registry's)
         mv = ["model", "version"]
         self.version_requests = Counter("onramp_version_requests", "Requests admitted, by model and version.",

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import random
 from contextvars import ContextVar
 from pathlib import Path
@@ -29,11 +28,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CANARY_SUFFIX", "ROUTE", "CanaryFollower", "Router", "bucket"]
+__all__ = ["CANARY_SUFFIX", "ROUTE", "CanaryFollower", "Router", "bucket", "canary_hooks"]
 
 CANARY_SUFFIX = "@canary"
 VERSION_HEADER = "x-onramp-version"
-POLL_ENV = "ONRAMP_REGISTRY_POLL_S"
 
 # per request: {"key": routing key or None, "version": the version that answered}
 ROUTE: ContextVar[dict | None] = ContextVar("onramp_route", default=None)
@@ -120,11 +118,11 @@ class Router:
 class CanaryFollower:
     """Polls the registry: loads/unloads each model's canary engine and sets its weight."""
 
-    def __init__(self, registry: Registry, slots: Slots, router: Router, interval: float | None = None):
+    def __init__(self, registry: Registry, slots: Slots, router: Router, interval: float = 5.0):
         self.registry = registry
         self.slots = slots
         self.router = router
-        self.interval = interval if interval is not None else float(os.environ.get(POLL_ENV, "5"))
+        self.interval = interval
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -180,3 +178,21 @@ class CanaryFollower:
             log.info("model %s: canary %s at %g%%", name, version, weight)
         self.router.weights[name] = weight
         metrics.canary_weight.labels(name, version).set(weight)
+
+
+def canary_hooks(registry: Registry, interval: float = 5.0):
+    """``(start, stop)`` app hooks of ``onramp serve --registry``: a :class:`Router` on the app's
+    service and a :class:`CanaryFollower` polling every ``interval`` seconds."""
+    state: dict = {}
+
+    async def start(app) -> None:
+        router = Router()
+        app.state.service.router = router
+        state["follower"] = CanaryFollower(registry, app.state.slots, router, interval=interval)
+        await state["follower"].start()
+
+    async def stop(app) -> None:
+        if "follower" in state:
+            await state["follower"].stop()
+
+    return start, stop

@@ -16,12 +16,16 @@ from dataclasses import dataclass
 from typing import Any
 from collections.abc import AsyncIterator
 
+from serving.choices import Choice, Tally, chat_logprobs, tool_call_deltas
 from serving.engine import ChatMessage, Delta, GenerationRequest, SamplingParams
 from serving.errors import RequestError
 from serving.metrics import Metrics
-from serving.protocol import ChatCompletionRequest, CompletionRequest, ignored_fields
+from serving.protocol import ChatCompletionRequest, CompletionRequest, format_names, ignored_fields
 from serving.routing import ROUTE, Router
 from serving.slots import Lease, Slots
+from serving.structured import response_format_constraint
+from serving.tools import ToolCallParser, parse_tools, tool_constraint
+from serving.usage import UsageMeter, current_key
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +44,6 @@ except ImportError:  # pragma: no cover
         return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
-def _usage(d: Delta) -> dict[str, int]:
-    return {"prompt_tokens": d.prompt_tokens, "completion_tokens": d.completion_tokens,
-            "total_tokens": d.prompt_tokens + d.completion_tokens}
-
-
-def _chat_logprobs(d: Delta) -> dict | None:
-    if d.logprobs is None:
-        return None
-    return {"content": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode()),
-                         "top_logprobs": []} for t in d.logprobs]}
-
-
 @dataclass
 class _Run:
     """One admitted request whose first delta has arrived."""
@@ -62,37 +54,48 @@ class _Run:
     model: str
     endpoint: str
     t0: float
+    key: str | None = None  # the API key name the usage is billed to
     base: str = ""  # the served name (an alias resolved), for the per-version series
     version: str = ""
     shadow: GenerationRequest | None = None  # mirror to the canary once answered (serving.routing)
+
+
+DEFAULT_MAX_N = 8
 
 
 class OpenAIService:
     router: Router | None = None  # canary routing (serve --registry sets it)
 
     def __init__(self, slots: Slots, metrics: Metrics, *, log_prompts: bool = False,
-                 default_max_tokens: int | None = None):
+                 default_max_tokens: int | None = None, max_n: int = DEFAULT_MAX_N,
+                 usage: UsageMeter | None = None):
         self.slots = slots
         self.metrics = metrics
         self.log_prompts = log_prompts
         self.default_max_tokens = default_max_tokens
+        self.max_n = max_n
+        self.usage = usage
 
     # ------------------------------------------------------------------ admission
     def _sampling(self, req, max_tokens: int | None, logprobs: bool) -> SamplingParams:
         top_k = req.top_k if req.top_k and req.top_k > 0 else 0
+        if req.n > self.max_n:
+            raise RequestError(f"n is {req.n}; this server returns at most {self.max_n} choices per request "
+                               "(onramp serve --max-n)", param="n", code="invalid_value")
         return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=top_k,
                               frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
                               stop=req.stop_list(), seed=req.seed, logprobs=logprobs,
                               max_tokens_default=self.default_max_tokens,
-                              ignore_eos=req.ignore_eos)
+                              ignore_eos=req.ignore_eos, n=req.n)
 
     def _log_request(self, kind: str, req, request_id: str) -> None:
         extra = ignored_fields(req)
         if extra:
-            log.info("%s %s: ignored unknown fields: %s", kind, request_id, ", ".join(extra))
+            log.info("%s %s: ignored unknown fields: %s", kind, request_id, format_names(extra))
 
     async def _start(self, model: str, endpoint: str, request: GenerationRequest) -> _Run:
         t0 = time.perf_counter()
+        key = self.usage.admit(current_key.get()) if self.usage is not None else None  # 429 over its limits
         route = ROUTE.get()
         slot = self.router.pick(self.slots, model, (route or {}).get("key")) if self.router else model
         lease = self.slots.acquire(slot)
@@ -118,9 +121,10 @@ class OpenAIService:
         m.ttft.labels(model).observe(ttft)
         m.version_ttft.labels(base, version).observe(ttft)
         m.requests.labels(model, endpoint, "200").inc()
-        run = _Run(lease=lease, stream=stream, first=first, model=model, endpoint=endpoint, t0=t0,
+        run = _Run(lease=lease, stream=stream, first=first, model=model, endpoint=endpoint, t0=t0, key=key,
                    base=base, version=version)
-        if self.router and self.router.wants_shadow(self.slots, base, slot, request.sampling.temperature):
+        if (self.router and request.sampling.n == 1
+                and self.router.wants_shadow(self.slots, base, slot, request.sampling.temperature)):
             run.shadow = request
         return run
 
@@ -129,26 +133,26 @@ class OpenAIService:
         m = self.metrics
         itl = m.itl.labels(run.model)
         v_itl = m.version_itl.labels(run.base, run.version)
-        last_delta = run.first
+        tally = Tally()
+        tally.add(run.first)
         last_t = time.perf_counter()
         answer: list[str] = []
+        finish = run.first.finish_reason
         try:
             yield run.first
-            if run.first.finish_reason is None:
-                async for delta in run.stream:
-                    now = time.perf_counter()
-                    if delta.new_tokens:
-                        gap = (now - last_t) / delta.new_tokens
-                        for _ in range(delta.new_tokens):
-                            itl.observe(gap)
-                            v_itl.observe(gap)
-                    last_t = now
-                    last_delta = delta
-                    if run.shadow is not None:
-                        answer.append(delta.text)
-                    yield delta
-                    if delta.finish_reason is not None:
-                        break
+            async for delta in run.stream:  # the engine ends it when every choice has finished
+                now = time.perf_counter()
+                if delta.new_tokens:
+                    gap = (now - last_t) / delta.new_tokens
+                    for _ in range(delta.new_tokens):
+                        itl.observe(gap)
+                        v_itl.observe(gap)
+                last_t = now
+                tally.add(delta)
+                if run.shadow is not None:
+                    answer.append(delta.text)
+                    finish = delta.finish_reason or finish
+                yield delta
         except (RequestError, GeneratorExit, asyncio.CancelledError):
             raise
         except Exception:
@@ -158,78 +162,126 @@ class OpenAIService:
             await run.stream.aclose()
             run.lease.release()
             m.running.labels(run.model).dec()
-            m.prompt_tokens.labels(run.model).inc(last_delta.prompt_tokens)
-            m.completion_tokens.labels(run.model).inc(last_delta.completion_tokens)
-            m.version_tokens.labels(run.base, run.version).inc(last_delta.completion_tokens)
-        if run.shadow is not None and self.router and last_delta.finish_reason in ("stop", "length"):
+            m.prompt_tokens.labels(run.model).inc(tally.prompt_tokens)
+            m.completion_tokens.labels(run.model).inc(tally.completion_tokens)
+            m.version_tokens.labels(run.base, run.version).inc(tally.completion_tokens)
+            if self.usage is not None and run.key is not None:
+                self.usage.record(run.key, tally.prompt_tokens, tally.completion_tokens)
+        if run.shadow is not None and self.router and finish in ("stop", "length"):
             self.router.mirror(self.slots, run.base, run.version, run.shadow, run.first.text + "".join(answer),
-                               last_delta.completion_tokens)
+                               tally.completion_tokens)
 
     # ------------------------------------------------------------------ chat
+    @staticmethod
+    def _messages(req: ChatCompletionRequest) -> list[ChatMessage]:
+        messages = []
+        for i, msg in enumerate(req.messages):
+            role = "system" if msg.role == "developer" else msg.role
+            calls = None
+            if msg.role == "assistant" and msg.tool_calls:
+                for j, c in enumerate(msg.tool_calls):
+                    fn = c.get("function") if isinstance(c, dict) else None
+                    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                        raise RequestError(f"messages[{i}].tool_calls[{j}] must be {{id, type: 'function', "
+                                           "function: {name, arguments}}", param=f"messages[{i}].tool_calls[{j}]")
+                calls = tuple(msg.tool_calls)
+            elif msg.content is None:
+                raise RequestError(f"messages[{i}].content is required", param=f"messages[{i}].content")
+            if msg.role == "tool" and not msg.tool_call_id:
+                raise RequestError(f"messages[{i}] (role 'tool') needs the tool_call_id it answers",
+                                   param=f"messages[{i}].tool_call_id")
+            messages.append(ChatMessage(role=role, content=msg.text(), tool_calls=calls,
+                                        tool_call_id=msg.tool_call_id))
+        return messages
+
     async def chat(self, req: ChatCompletionRequest, *, endpoint: str,
                    pplx: bool = False) -> dict | AsyncIterator[bytes]:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         self._log_request("chat", req, request_id)
-        if req.top_logprobs:
-            raise RequestError("top_logprobs > 0 is not supported: the engine returns the sampled token's "
-                               "logprob only (use logprobs=true with top_logprobs 0 or unset)", param="top_logprobs")
-        messages = []
-        for i, msg in enumerate(req.messages):
-            role = "system" if msg.role == "developer" else msg.role
-            if msg.content is None:
-                raise RequestError(f"messages[{i}].content is required", param=f"messages[{i}].content")
-            messages.append(ChatMessage(role=role, content=msg.text()))
+        if req.top_logprobs and not req.logprobs:
+            raise RequestError("top_logprobs needs logprobs=true", param="top_logprobs")
+        tools, mode = parse_tools(req.tools, req.tool_choice)
+        constraint = tool_constraint(tools, mode, parallel=req.parallel_tool_calls is not False)
+        if constraint is None or constraint.kind == "tool_tags":
+            structured = response_format_constraint(req.response_format)
+            if structured is not None:
+                constraint = structured  # text that must be JSON leaves no room for tool-call tags
+        if constraint is not None and constraint.kind == "json_schema":
+            from serving.structured import check_schema
+
+            check_schema(constraint)
+        messages = self._messages(req)
         if self.log_prompts:
             log.info("chat %s prompt: %r", request_id, [m.content for m in messages])
-        gen = GenerationRequest(request_id=request_id, messages=messages,
-                                sampling=self._sampling(req, req.completion_limit(), req.logprobs))
+        sampling = self._sampling(req, req.completion_limit(), req.logprobs)
+        sampling.constraint = constraint
+        sampling.top_logprobs = req.top_logprobs or 0
+        gen = GenerationRequest(request_id=request_id, messages=messages, sampling=sampling,
+                                tools=tools if mode is not None else None)
         run = await self._start(req.model, endpoint, gen)
         created = int(time.time())
+        parse = mode is not None and (constraint is None or constraint.param == "tools")
+
+        def new_choice(i: int) -> Choice:
+            return Choice(index=i, parser=ToolCallParser(forced=mode not in ("auto", None)) if parse else None)
+
+        choices = [new_choice(i) for i in range(req.n)]
         if not req.stream:
-            return await self._chat_full(run, request_id, created, pplx)
+            return await self._chat_full(run, request_id, created, pplx, choices)
         if pplx:
-            return self._pplx_chunks(run, request_id, created)
+            return self._pplx_chunks(run, request_id, created, choices)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return self._chat_chunks(run, request_id, created, include_usage)
+        return self._chat_chunks(run, request_id, created, include_usage, choices)
 
-    async def _chat_full(self, run: _Run, request_id: str, created: int, pplx: bool) -> dict:
-        parts: list[str] = []
-        lps: list[dict] | None = None
-        last = run.first
+    async def _chat_full(self, run: _Run, request_id: str, created: int, pplx: bool,
+                         choices: list[Choice]) -> dict:
+        tally = Tally()
         async for d in self._deltas(run):
-            parts.append(d.text)
-            if d.logprobs is not None:
-                lps = (lps or []) + _chat_logprobs(d)["content"]
-            last = d
-        content = "".join(parts)
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content},
-                                  "logprobs": {"content": lps} if lps is not None else None,
-                                  "finish_reason": last.finish_reason}
-        if pplx:
-            choice["delta"] = {"role": "assistant", "content": content}
+            tally.add(d)
+            choices[d.index].feed(d)
+        out = []
+        for c in choices:
+            choice: dict[str, Any] = {"index": c.index, "message": c.message(),
+                                      "logprobs": {"content": chat_logprobs(c.logprobs)}
+                                      if c.logprobs is not None else None,
+                                      "finish_reason": c.finish_reason}
+            if pplx:
+                choice["delta"] = dict(choice["message"])
+            out.append(choice)
         return {"id": request_id, "object": "chat.completion", "created": created, "model": run.model,
-                "choices": [choice], "usage": _usage(last)}
+                "choices": out, "usage": tally.usage()}
 
-    async def _chat_chunks(self, run: _Run, request_id: str, created: int, include_usage: bool):
+    async def _chat_chunks(self, run: _Run, request_id: str, created: int, include_usage: bool,
+                           choices: list[Choice]):
         base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": run.model}
 
-        def chunk(delta: dict, finish: str | None = None, logprobs: dict | None = None) -> bytes:
-            obj = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
+        def chunk(index: int, delta: dict, finish: str | None = None, logprobs: list | None = None) -> bytes:
+            obj = {**base, "choices": [{"index": index, "delta": delta,
+                                        "logprobs": {"content": logprobs} if logprobs is not None else None,
+                                        "finish_reason": finish}]}
             if include_usage:
                 obj["usage"] = None
             return _sse(obj)
 
-        last = run.first
+        tally = Tally()
         try:
-            yield chunk({"role": "assistant", "content": ""})
+            for c in choices:
+                yield chunk(c.index, {"role": "assistant", "content": ""})
             async for d in self._deltas(run):
-                last = d
-                if d.text or d.logprobs:
-                    yield chunk({"content": d.text}, None, _chat_logprobs(d))
+                tally.add(d)
+                c = choices[d.index]
+                pieces = c.feed(d)
+                text = "".join(p.content for p in pieces if p.content is not None)
+                calls = tool_call_deltas(pieces)
+                lps = chat_logprobs(d.logprobs) if d.logprobs else None
+                if text or lps:
+                    yield chunk(c.index, {"content": text}, None, lps)
+                if calls:
+                    yield chunk(c.index, {"tool_calls": calls})
                 if d.finish_reason is not None:
-                    yield chunk({}, d.finish_reason)
+                    yield chunk(c.index, {}, c.finish_reason)
             if include_usage:
-                yield _sse({**base, "choices": [], "usage": _usage(last)})
+                yield _sse({**base, "choices": [], "usage": tally.usage()})
         except RequestError as err:
             yield _sse({"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}})
         except Exception as err:  # noqa: BLE001 - the stream already started: report in-band
@@ -238,22 +290,24 @@ class OpenAIService:
                                   "param": None, "code": None}})
         yield _DONE
 
-    async def _pplx_chunks(self, run: _Run, request_id: str, created: int):
+    async def _pplx_chunks(self, run: _Run, request_id: str, created: int, choices: list[Choice]):
         """pplx-api's wire format: every chunk carries the cumulative message and running usage."""
         base = {"id": request_id, "model": run.model, "created": created}
-        content = ""
+        tally = Tally()
         try:
             async for d in self._deltas(run):
-                if d.text:
-                    content += d.text
-                    yield _sse({**base, "usage": _usage(d), "object": "chat.completion", "choices": [
-                        {"index": 0, "finish_reason": None, "message": {"role": "assistant", "content": content},
-                         "delta": {"role": "assistant", "content": d.text}}]})
-                if d.finish_reason is not None:
-                    yield _sse({**base, "usage": _usage(d), "object": "chat.completion", "choices": [
-                        {"index": 0, "finish_reason": d.finish_reason,
-                         "message": {"role": "assistant", "content": content},
-                         "delta": {"role": "assistant", "content": ""}}]})
+                tally.add(d)
+                c = choices[d.index]
+                pieces = c.feed(d)
+                text = "".join(p.content for p in pieces if p.content is not None)
+                calls = tool_call_deltas(pieces)
+                if text or calls or d.finish_reason is not None:
+                    delta: dict[str, Any] = {"role": "assistant", "content": text}
+                    if calls:
+                        delta["tool_calls"] = calls
+                    yield _sse({**base, "usage": tally.usage(), "object": "chat.completion", "choices": [
+                        {"index": c.index, "finish_reason": c.finish_reason if d.finish_reason else None,
+                         "message": c.message(), "delta": delta}]})
         except Exception as err:  # noqa: BLE001
             log.exception("stream %s failed", request_id)
             yield _sse({"error": {"message": f"generation failed: {err}", "type": "server_error",
@@ -264,70 +318,85 @@ class OpenAIService:
     async def completion(self, req: CompletionRequest, *, endpoint: str) -> dict | AsyncIterator[bytes]:
         request_id = f"cmpl-{uuid.uuid4().hex}"
         self._log_request("completion", req, request_id)
-        if req.logprobs is not None and req.logprobs > 1:
-            raise RequestError("logprobs > 1 is not supported: the engine returns the sampled token's logprob "
-                               "only (use logprobs 0 or 1)", param="logprobs")
         prompt = req.prompt
+        ids = prompt if isinstance(prompt, list) else None
         if self.log_prompts:
             log.info("completion %s prompt: %r", request_id, prompt)
         want_lp = req.logprobs is not None
-        gen = GenerationRequest(request_id=request_id, prompt=prompt,
-                                sampling=self._sampling(req, req.max_tokens, want_lp))
+        sampling = self._sampling(req, req.max_tokens, want_lp)
+        sampling.top_logprobs = req.logprobs or 0
+        if req.echo and want_lp and not req.stream:
+            sampling.prompt_logprobs = req.logprobs
+        gen = GenerationRequest(request_id=request_id, prompt=None if ids else prompt, prompt_ids=ids,
+                                sampling=sampling)
         run = await self._start(req.model, endpoint, gen)
         created = int(time.time())
-        echo = prompt if req.echo else ""
+        echo = "" if not req.echo else prompt if ids is None else ""
         if not req.stream:
-            parts = [echo]
-            tokens: list[str] = []
-            token_lps: list[float] = []
-            last = run.first
+            tally = Tally()
+            parts: list[list[str]] = [[echo] for _ in range(req.n)]
+            lps: list[list] = [[] for _ in range(req.n)]
+            finish: list[str | None] = [None] * req.n
             async for d in self._deltas(run):
-                parts.append(d.text)
-                for t in d.logprobs or ():
-                    tokens.append(t.token)
-                    token_lps.append(t.logprob)
-                last = d
-            logprobs = None
-            if want_lp:
-                offsets, pos = [], len(echo)
-                for t in tokens:
-                    offsets.append(pos)
-                    pos += len(t)
-                logprobs = {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": None,
-                            "text_offset": offsets}
+                tally.add(d)
+                if d.prompt_logprobs is not None:  # echo: the prompt's tokens come first
+                    lps[d.index][:0] = d.prompt_logprobs
+                    if ids is not None:
+                        parts[d.index].insert(0, "".join(t.token for t in d.prompt_logprobs))
+                parts[d.index].append(d.text)
+                lps[d.index].extend(d.logprobs or ())
+                if d.finish_reason is not None:
+                    finish[d.index] = d.finish_reason
+            choices = []
+            for i in range(req.n):
+                logprobs = None
+                if want_lp:
+                    offsets, pos = [], 0 if lps[i] and lps[i][0].logprob is None else len(echo)
+                    tokens, token_lps, tops = [], [], []
+                    for t in lps[i]:
+                        offsets.append(pos)
+                        tokens.append(t.token)
+                        token_lps.append(t.logprob)
+                        tops.append(dict(t.top) if t.logprob is not None else None)  # the first prompt token
+                        pos += len(t.token)
+                    logprobs = {"tokens": tokens, "token_logprobs": token_lps,
+                                "top_logprobs": tops if req.logprobs else None, "text_offset": offsets}
+                choices.append({"text": "".join(parts[i]), "index": i, "logprobs": logprobs,
+                                "finish_reason": finish[i]})
             return {"id": request_id, "object": "text_completion", "created": created, "model": run.model,
-                    "choices": [{"text": "".join(parts), "index": 0, "logprobs": logprobs,
-                                 "finish_reason": last.finish_reason}],
-                    "usage": _usage(last)}
+                    "choices": choices, "usage": tally.usage()}
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return self._completion_chunks(run, request_id, created, echo, include_usage, want_lp)
+        return self._completion_chunks(run, request_id, created, echo, include_usage, want_lp, req.n,
+                                       bool(req.logprobs))
 
     async def _completion_chunks(self, run: _Run, request_id: str, created: int, echo: str, include_usage: bool,
-                                 want_lp: bool):
+                                 want_lp: bool, n: int = 1, top: bool = False):
         base = {"id": request_id, "object": "text_completion", "created": created, "model": run.model}
 
-        def chunk(text: str, finish: str | None, d: Delta | None = None) -> bytes:
+        def chunk(index: int, text: str, finish: str | None, d: Delta | None = None) -> bytes:
             lp = None
             if want_lp and d is not None and d.logprobs is not None:
                 lp = {"tokens": [t.token for t in d.logprobs], "token_logprobs": [t.logprob for t in d.logprobs],
-                      "top_logprobs": None, "text_offset": []}
-            obj = {**base, "choices": [{"text": text, "index": 0, "logprobs": lp, "finish_reason": finish}]}
+                      "top_logprobs": [dict(t.top) for t in d.logprobs] if top else None, "text_offset": []}
+            obj = {**base, "choices": [{"text": text, "index": index, "logprobs": lp, "finish_reason": finish}]}
             if include_usage:
                 obj["usage"] = None
             return _sse(obj)
 
-        last = run.first
+        tally = Tally()
         try:
             if echo:
-                yield chunk(echo, None)
+                for i in range(n):
+                    yield chunk(i, echo, None)
             async for d in self._deltas(run):
-                last = d
+                tally.add(d)
                 if d.text or d.finish_reason is not None:
-                    yield chunk(d.text, d.finish_reason, d)
+                    yield chunk(d.index, d.text, d.finish_reason, d)
             if include_usage:
-                yield _sse({**base, "choices": [], "usage": _usage(last)})
+                yield _sse({**base, "choices": [], "usage": tally.usage()})
         except Exception as err:  # noqa: BLE001
             log.exception("stream %s failed", request_id)
             yield _sse({"error": {"message": f"generation failed: {err}", "type": "server_error",
                                   "param": None, "code": None}})
         yield _DONE
+

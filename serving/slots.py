@@ -6,12 +6,19 @@ the name's ``asyncio.Lock``, the slot points at the new engine, so every new req
 from that moment. Requests already running hold a lease on the old engine and finish there; when
 the last lease is released the old engine is closed and its memory freed. A failed load or
 warm-up leaves the old engine serving and reports why.
+
+Load plus warm-up is bounded by ``swap_timeout_s`` (``onramp serve --swap-timeout``, default
+600 s). The load runs in a daemon thread of its own (a load that hangs forever holds no pool
+thread and does not keep the process alive); past the deadline the swap fails with
+``engine_load_timeout``, the old engine keeps serving, and an engine that finishes loading later
+is closed at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,11 +36,52 @@ log = logging.getLogger(__name__)
 __all__ = ["Lease", "Live", "SlotStatus", "Slots", "SwapFailed"]
 
 
+DEFAULT_SWAP_TIMEOUT_S = 600.0
+
+
 class SwapFailed(RequestError):
-    def __init__(self, name: str, reason: str):
+    def __init__(self, name: str, reason: str, *, code: str = "engine_load_failed", status: int | None = None):
         super().__init__(f"swap of model '{name}' failed, the previous engine keeps serving: {reason}",
-                         param="engine_dir", code="engine_load_failed")
+                         param="engine_dir", code=code, status=status)
         self.reason = reason
+
+
+def _close_quietly(engine: Engine) -> None:
+    try:
+        engine.close()
+    except Exception:  # noqa: BLE001 - an abandoned engine: nothing to report to
+        log.exception("closing an abandoned engine failed")
+
+
+def _in_daemon_thread(fn: Callable[..., Engine], *args: Any, **kwargs: Any) -> asyncio.Future:
+    """``fn(*args, **kwargs)`` in a daemon thread of its own, as a future of the running loop. If
+    the future was cancelled (a timeout) by the time ``fn`` returns an engine, that engine is closed."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.cancelled():
+            if result is not None:
+                threading.Thread(target=_close_quietly, args=(result,), daemon=True).start()
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        result, error = None, None
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting swap
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is gone (server stopped): nobody will use it
+            if result is not None:
+                _close_quietly(result)
+
+    threading.Thread(target=run, name=f"engine-load-{args[1] if len(args) > 1 else ''}", daemon=True).start()
+    return future
 
 
 @dataclass(eq=False)
@@ -83,8 +131,10 @@ class Lease:
 
 class Slots:
     def __init__(self, *, metrics: Metrics | None = None, max_queue: int = 128,
-                 engine_options: dict[str, Any] | None = None, loader: Callable[..., Engine] | None = None):
+                 engine_options: dict[str, Any] | None = None, loader: Callable[..., Engine] | None = None,
+                 swap_timeout_s: float = DEFAULT_SWAP_TIMEOUT_S):
         self.metrics = metrics or Metrics()
+        self.swap_timeout_s = swap_timeout_s
         self.max_queue = max_queue
         self.engine_options = dict(engine_options or {})
         if loader is None:
@@ -175,22 +225,24 @@ class Slots:
             engine_dir = str(Path(engine_dir).expanduser())
             self._loading[name] = engine_dir
             t0 = time.perf_counter()
+            deadline = asyncio.get_running_loop().time() + self.swap_timeout_s
             try:
+                engine = await self._load(name, engine_dir, deadline)
                 try:
-                    engine = await asyncio.to_thread(self._loader, engine_dir, name, **self.engine_options)
-                except OnrampError as err:
-                    raise SwapFailed(name, str(err)) from None
-                except Exception as err:  # noqa: BLE001 - a backend's own failure, reported as is
-                    log.exception("loading %s for %s failed", engine_dir, name)
-                    raise SwapFailed(name, f"{type(err).__name__}: {err}") from None
-                try:
-                    await self._warmup(engine)
+                    left = deadline - asyncio.get_running_loop().time()
+                    await asyncio.wait_for(self._warmup(engine), timeout=max(left, 0.001))
+                except TimeoutError:
+                    threading.Thread(target=_close_quietly, args=(engine,), daemon=True).start()
+                    raise SwapFailed(name, f"the engine in {engine_dir} loaded but its one-token warm-up did not "
+                                     f"finish within the swap timeout of {self.swap_timeout_s:g} s (--swap-timeout)",
+                                     code="engine_load_timeout", status=504) from None
                 except Exception as err:  # noqa: BLE001
                     await asyncio.to_thread(engine.close)
                     raise SwapFailed(name, f"warm-up request failed: {err}") from None
             except SwapFailed as err:
                 self._errors[name] = err.reason
                 self.metrics.swaps.labels(name, "failed").inc()
+                self.metrics.swap_failures.labels(name).inc()
                 log.error("model %s: %s", name, err.message)
                 raise
             finally:
@@ -208,6 +260,20 @@ class Slots:
         if old is not None:
             self._retire(old)
         return new
+
+    async def _load(self, name: str, engine_dir: str, deadline: float) -> Engine:
+        future = _in_daemon_thread(self._loader, engine_dir, name, **self.engine_options)
+        try:
+            return await asyncio.wait_for(future, timeout=max(deadline - asyncio.get_running_loop().time(), 0.001))
+        except TimeoutError:
+            raise SwapFailed(name, f"loading the engine in {engine_dir} did not finish within the swap timeout of "
+                             f"{self.swap_timeout_s:g} s (--swap-timeout); if it finishes later it is closed",
+                             code="engine_load_timeout", status=504) from None
+        except OnrampError as err:
+            raise SwapFailed(name, str(err)) from None
+        except Exception as err:  # noqa: BLE001 - a backend's own failure, reported as is
+            log.exception("loading %s for %s failed", engine_dir, name)
+            raise SwapFailed(name, f"{type(err).__name__}: {err}") from None
 
     async def _warmup(self, engine: Engine) -> None:
         request = GenerationRequest(request_id=f"warmup-{uuid.uuid4().hex[:8]}",

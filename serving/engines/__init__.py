@@ -11,6 +11,8 @@ import difflib
 import importlib
 import json
 import logging
+import os
+import stat
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -83,6 +85,22 @@ def read_engine_manifest(engine_dir: Path) -> Any:
     return manifest
 
 
+def refuse_special_files(engine_dir: Path) -> None:
+    """Refuse an engine directory holding a fifo, socket or device: opening one can block forever
+    inside a backend's native code, which holds the GIL and would freeze the whole server."""
+    for dirpath, _, filenames in os.walk(engine_dir):
+        for filename in filenames:
+            path = Path(dirpath) / filename
+            try:
+                mode = path.stat().st_mode
+            except OSError:
+                continue  # a dangling symlink: the manifest check names missing files
+            if not stat.S_ISREG(mode):
+                raise EngineLoadError(f"{path} is not a regular file (a fifo, socket or device); an engine "
+                                      f"directory holds regular files only",
+                                      "remove it, or rebuild the engine with `onramp build`")
+
+
 def load_engine(engine_dir: Path | str, name: str | None = None, **options: Any) -> Engine:
     """Load the engine in ``engine_dir`` with the backend its manifest names.
 
@@ -90,6 +108,8 @@ def load_engine(engine_dir: Path | str, name: str | None = None, **options: Any)
     (e.g. ``cache_size_gb`` and ``max_num_seqs`` for OpenVINO).
     """
     engine_dir = Path(engine_dir).resolve()
+    if engine_dir.is_dir():
+        refuse_special_files(engine_dir)
     manifest = read_engine_manifest(engine_dir)
     cls = backend_class(manifest.backend)
     return cls.from_manifest(engine_dir, manifest, name=name or manifest.name, **options)

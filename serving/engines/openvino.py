@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import json
 import logging
+import random
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -24,12 +26,13 @@ from typing import Any
 from collections.abc import AsyncIterator
 
 from serving.detok import IncrementalDetokenizer
-from serving.engine import Delta, EngineInfo, GenerationRequest, SamplingParams, TokenLogprob
+from serving.engine import Constraint, Delta, EngineInfo, GenerationRequest, SamplingParams, TokenLogprob
 from serving.errors import BackendUnavailable, ContextLengthError, EngineLoadError, RequestError
+from serving.scoring import Scorer, Tracker
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OpenVINOEngine", "generation_config_kwargs"]
+__all__ = ["OpenVINOEngine", "generation_config_kwargs", "structured_output_config"]
 
 # longest the stepping thread waits for an event loop to take its deltas before the next step
 _HANDOFF_S = 0.02
@@ -40,6 +43,8 @@ _INLINE_PREPARE_CHARS = 4000
 
 
 def _prompt_chars(request: GenerationRequest) -> int:
+    if request.prompt_ids is not None:
+        return 0
     if request.messages is None:
         return len(request.prompt or "")
     return sum(len(m.content) for m in request.messages)
@@ -64,9 +69,43 @@ def generation_config_kwargs(sampling: SamplingParams, max_new_tokens: int, eos_
         kw["logprobs"] = 1
     if sampling.ignore_eos:
         kw["ignore_eos"] = True
+    if sampling.n > 1 and sampling.temperature > 0:
+        kw["num_return_sequences"] = sampling.n  # greedy choices are all the same: one is decoded
+        kw.setdefault("rng_seed", random.randrange(1 << 31))  # else every request samples alike
     if eos_token_id is not None and eos_token_id >= 0:
         kw["eos_token_id"] = eos_token_id
     return kw
+
+
+def structured_output_config(ov_genai: Any, constraint: Constraint) -> Any:
+    """The ``openvino_genai.StructuredOutputConfig`` (xgrammar underneath) for a constraint."""
+    S = ov_genai.StructuredOutputConfig
+    if constraint.kind == "json_object":
+        from serving.structured import JSON_OBJECT_GRAMMAR
+
+        return S(grammar=JSON_OBJECT_GRAMMAR)
+    if constraint.kind == "json_schema":
+        return S(json_schema=constraint.value)
+    if constraint.kind == "regex":
+        return S(regex=constraint.value)
+    if constraint.kind == "grammar":
+        return S(grammar=constraint.value)
+    if constraint.kind == "tool_tags":
+        from serving.tools import END, START
+
+        tags = [S.Tag(f'{START}\n{{"name": {json.dumps(name)}, "arguments": ', S.JSONSchema(schema), f"}}\n{END}")
+                for name, schema in constraint.tools]
+        return S(structural_tags_config=S.TriggeredTags(triggers=[START], tags=tags,
+                                                        stop_after_first=constraint.value == "single"))
+    raise RequestError(f"constraint kind {constraint.kind!r} is not supported by the OpenVINO backend",
+                       param=constraint.param)
+
+
+@dataclass
+class _Choice:
+    detok: IncrementalDetokenizer
+    completion_tokens: int = 0
+    done: bool = False
 
 
 @dataclass
@@ -77,13 +116,23 @@ class _Req:
     config: Any  # openvino_genai.GenerationConfig
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
-    detok: IncrementalDetokenizer
+    choices: list[_Choice]  # one per decoded sequence
     logprobs: bool
     handle: Any = None
-    completion_tokens: int = 0
     done: bool = False
-    token_text: Any = None  # decode([id]) for logprobs
-    extra: dict = field(default_factory=dict)
+    copies: int = 1  # greedy n > 1: each delta of the one sequence is given out as n choices
+    constraint: Constraint | None = None
+    confirmed: bool = False  # produced output (so its grammar compiled)
+    keys: dict = field(default_factory=dict)  # the pipeline's sequence keys -> choice index
+
+    def choice_of(self, key: int) -> int:
+        if key not in self.keys:
+            self.keys[key] = min(len(self.keys), len(self.choices) - 1)
+        return self.keys[key]
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self.choices) * self.copies
 
 
 class OpenVINOEngine:
@@ -137,6 +186,7 @@ class OpenVINOEngine:
             from tokenizers import Tokenizer
 
             self._hf_tokenizer = Tokenizer.from_file(str(self.engine_dir / "tokenizer.json"))
+        self._scorer = Scorer(self.engine_dir, self.properties, device)  # compiled on first use
         self._info = EngineInfo(name=name, backend=self.backend, version=version, max_context=int(max_context),
                                 max_concurrent=int(max_num_seqs), engine_dir=str(self.engine_dir),
                                 backend_version=backend_version or getattr(ov_genai, "__version__", ""))
@@ -189,25 +239,51 @@ class OpenVINOEngine:
             return self._hf_tokenizer.decode(list(ids), skip_special_tokens=True)
         return self._ov_tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def render_chat(self, messages) -> str:
+    def render_chat(self, messages, tools: list[dict] | None = None) -> str:
         if not self._chat_template:
             raise RequestError(f"model '{self._info.name}' has no chat template, so it cannot take messages",
                                param="messages", code="no_chat_template")
-        history = [{"role": m.role, "content": m.content} for m in messages]
-        return self._ov_tokenizer.apply_chat_template(history, add_generation_prompt=True,
-                                                      chat_template=self._chat_template)
+        from serving.tools import chat_history
+
+        history, template_tools = chat_history(list(messages), tools, self._chat_template)
+        try:
+            if template_tools:
+                return self._ov_tokenizer.apply_chat_template(history, add_generation_prompt=True,
+                                                              chat_template=self._chat_template, tools=template_tools)
+            return self._ov_tokenizer.apply_chat_template(history, add_generation_prompt=True,
+                                                          chat_template=self._chat_template)
+        except Exception as exc:  # noqa: BLE001 - the template itself refused the conversation
+            raise RequestError(f"the model's chat template cannot render these messages: "
+                               f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}",
+                               param="messages", code="invalid_messages") from None
+
+    def _vocab_size(self) -> int:
+        if self._hf_tokenizer is not None:
+            return self._hf_tokenizer.get_vocab_size(with_added_tokens=True)
+        return 1 << 31
+
+    async def _prompt_logprobs(self, ids: list[int], k: int) -> list[TokenLogprob]:
+        scored = await asyncio.to_thread(self._scorer.prompt_logprobs, ids, max(k, 1))
+        out = [TokenLogprob(token=self._decode([ids[0]]), logprob=None, id=ids[0])]
+        for tok, item in zip(ids[1:], scored[1:], strict=True):
+            lp, top = item
+            out.append(TokenLogprob(token=self._decode([tok]), logprob=lp, id=tok,
+                                    top=tuple((self._decode([i]), v) for i, v in top[:k])))
+        return out
 
     def count_tokens(self, text: str) -> int:
         return len(self._encode(text))
 
     def _prepare(self, request: GenerationRequest) -> tuple[list[int], int]:
-        if request.messages is not None:
-            text = self.render_chat(request.messages)
-            param = "messages"
+        if request.prompt_ids is not None:
+            ids, param = list(request.prompt_ids), "prompt"
+            vocab = self._vocab_size()
+            if any(not 0 <= i < vocab for i in ids):
+                raise RequestError(f"the prompt's token ids must be in [0, {vocab})", param="prompt")
+        elif request.messages is not None:
+            ids, param = self._encode(self.render_chat(request.messages, request.tools)), "messages"
         else:
-            text = request.prompt or ""
-            param = "prompt"
-        ids = self._encode(text)
+            ids, param = self._encode(request.prompt or ""), "prompt"
         if not ids:
             raise RequestError(f"the {param} is empty", param=param)
         limit = self._info.max_context
@@ -242,34 +318,60 @@ class OpenVINOEngine:
         config.update_generation_config(**kwargs)
         if eos is not None:
             config.set_eos_token_id(eos)
+        constraint = request.sampling.constraint
+        if constraint is not None:
+            config.structured_output_config = structured_output_config(self._ov, constraint)
         try:
             config.validate()
         except Exception as exc:  # OpenVINO's own parameter checks
             raise RequestError(f"invalid sampling parameters: {str(exc).strip().splitlines()[-1]}") from None
+        prompt_lps = None
+        if request.sampling.prompt_logprobs is not None:
+            prompt_lps = await self._prompt_logprobs(ids, request.sampling.prompt_logprobs)
+        k = request.sampling.top_logprobs if request.sampling.logprobs else 0
+        trackers: dict[int, Tracker] = {}
+        prompt_given: set[int] = set()
         loop = asyncio.get_running_loop()
+        n = max(1, request.sampling.n)
+        sequences = n if request.sampling.temperature > 0 else 1
         req = _Req(rid=next(self._ids), request_id=request.request_id, input_ids=ids, config=config, loop=loop,
-                   queue=asyncio.Queue(), detok=IncrementalDetokenizer(self._decode, request.sampling.stop),
-                   logprobs=request.sampling.logprobs)
+                   queue=asyncio.Queue(),
+                   choices=[_Choice(IncrementalDetokenizer(self._decode, request.sampling.stop))
+                            for _ in range(sequences)],
+                   logprobs=request.sampling.logprobs, copies=n // sequences, constraint=constraint)
         with self._cond:
             self._incoming.append(req)
             self._by_request_id[request.request_id] = req
             self._cond.notify()
         queue = req.queue
+        pending = n  # choices not finished yet
+        held: Delta | BaseException | None = None
         try:
             while True:
-                item = await queue.get()
+                item, held = (held, None) if held is not None else (await queue.get(), None)
                 if isinstance(item, BaseException):
                     raise item
-                # a consumer that fell behind gets the queued deltas as one (fewer chunks, same text)
+                # a consumer that fell behind gets the queued deltas of a choice as one (same text)
                 while not queue.empty() and item.finish_reason is None:
                     nxt = queue.get_nowait()
-                    if isinstance(nxt, BaseException):
-                        yield item
-                        raise nxt
+                    if isinstance(nxt, BaseException) or nxt.index != item.index:
+                        held = nxt
+                        break
                     item = _merge(item, nxt)
+                if k and item.logprobs:
+                    if item.index not in trackers:
+                        trackers[item.index] = Tracker(self._scorer, ids, k, self._decode)
+                    scored = await asyncio.to_thread(trackers[item.index].add, [t.id for t in item.logprobs])
+                    item.logprobs = [TokenLogprob(token=t.token, logprob=lp, top=top, id=t.id)
+                                     for t, (lp, top) in zip(item.logprobs, scored, strict=True)]
+                if prompt_lps is not None and item.index not in prompt_given:
+                    item.prompt_logprobs = prompt_lps
+                    prompt_given.add(item.index)
                 yield item
                 if item.finish_reason is not None:
-                    return
+                    pending -= 1
+                    if pending <= 0:
+                        return
         finally:
             if not req.done:
                 self._abort_req(req)
@@ -336,12 +438,24 @@ class OpenVINOEngine:
                         self._pipe.step()
                     self._collect(out)
                 except Exception as exc:  # noqa: BLE001 - a failed step fails the running batch
-                    log.exception("engine %s: step failed", self._info.name)
-                    for req in list(self._active.values()):
-                        self._drop(req)
-                        req.done = True
-                        out[req.loop].append((req.queue, RuntimeError(f"engine step failed: {exc}")))
-                    self._active.clear()
+                    suspects = [r for r in self._active.values() if r.constraint is not None and not r.confirmed]
+                    if suspects:  # a grammar that does not compile fails the step: blame only those
+                        reason = (str(exc).strip().splitlines() or ["?"])[-1].split("]")[-1].strip()
+                        log.info("engine %s: a constrained request failed to compile: %s", self._info.name, reason)
+                        for req in suspects:
+                            self._active.pop(req.rid, None)
+                            self._drop(req)
+                            req.done = True
+                            out[req.loop].append((req.queue, RequestError(
+                                f"the {req.constraint.param} grammar cannot be compiled: {reason}",
+                                param=req.constraint.param, code="invalid_grammar")))
+                    else:
+                        log.exception("engine %s: step failed", self._info.name)
+                        for req in list(self._active.values()):
+                            self._drop(req)
+                            req.done = True
+                            out[req.loop].append((req.queue, RuntimeError(f"engine step failed: {exc}")))
+                        self._active.clear()
             self._deliver(out)
         # closed: end whatever is still running or waiting
         out = defaultdict(list)
@@ -373,50 +487,70 @@ class OpenVINOEngine:
             except Exception:  # noqa: BLE001
                 log.debug("cancel failed", exc_info=True)
 
-    def _finish(self, req: _Req, out, reason: str, text: str = "", new_tokens: int = 0, logprobs=None) -> None:
+    def _emit(self, req: _Req, out, index: int, text: str, new_tokens: int, finish: str | None, logprobs) -> None:
+        choice = req.choices[index]
+        for copy in range(req.copies):
+            out[req.loop].append((req.queue, Delta(
+                text=text, prompt_tokens=len(req.input_ids), completion_tokens=choice.completion_tokens,
+                new_tokens=new_tokens, finish_reason=finish, logprobs=logprobs, index=index * req.copies + copy)))
+
+    def _finish(self, req: _Req, out, reason: str) -> None:
+        """End every choice of ``req`` not finished yet."""
         req.done = True
-        out[req.loop].append((req.queue, Delta(text=text, prompt_tokens=len(req.input_ids),
-                                               completion_tokens=req.completion_tokens, new_tokens=new_tokens,
-                                               finish_reason=reason, logprobs=logprobs)))
+        for i, choice in enumerate(req.choices):
+            if not choice.done:
+                choice.done = True
+                self._emit(req, out, i, "", 0, reason, None)
 
     def _collect(self, out) -> None:
-        status_running = self._ov.GenerationStatus.RUNNING
+        ov = self._ov
+        status_running = ov.GenerationStatus.RUNNING
         finished: list[int] = []
         for rid, req in self._active.items():
             handle = req.handle
-            new_ids: list[int] = []
-            lps: list[float] = []
-            finish = None
+            news: dict[int, tuple[list[int], list[float]]] = {}
+            reasons: dict[int, str] = {}
             if handle.can_read():
-                for o in handle.read().values():
-                    new_ids.extend(o.generated_ids)
+                for key, o in handle.read().items():
+                    i = req.choice_of(key)
+                    ids, lps = news.setdefault(i, ([], []))
+                    ids.extend(o.generated_ids)
                     if req.logprobs:
                         lps.extend(o.generated_log_probs)
-                    if o.finish_reason != self._ov.GenerationFinishReason.NONE:
-                        finish = "length" if o.finish_reason == self._ov.GenerationFinishReason.LENGTH else "stop"
+                    if o.finish_reason != ov.GenerationFinishReason.NONE:
+                        reasons[i] = "length" if o.finish_reason == ov.GenerationFinishReason.LENGTH else "stop"
             status = handle.get_status()
-            if finish is None and status != status_running and not handle.can_read():
-                finish = "stop" if status == self._ov.GenerationStatus.FINISHED else "abort"
-            if not new_ids and finish is None:
-                continue
-            req.completion_tokens += len(new_ids)
-            text = req.detok.add(new_ids)
-            if req.detok.stopped:
-                finish = "stop"
-                self._drop(req)
-            elif finish is not None:
-                text += req.detok.flush()
-            logprobs = None
-            if req.logprobs:
-                logprobs = [TokenLogprob(token=self._decode([t]), logprob=float(lp))
-                            for t, lp in zip(new_ids, lps, strict=False)]
-            if finish is not None:
+            if status != status_running and not handle.can_read():
+                for i, choice in enumerate(req.choices):
+                    if not choice.done and i not in reasons:
+                        reasons[i] = "stop" if status == ov.GenerationStatus.FINISHED else "abort"
+            for i in sorted(set(news) | set(reasons)):
+                choice = req.choices[i]
+                if choice.done:
+                    continue  # a choice cut by a stop string while its sequence ran on
+                new_ids, lps = news.get(i, ([], []))
+                finish = reasons.get(i)
+                if not new_ids and finish is None:
+                    continue
+                req.confirmed = True
+                choice.completion_tokens += len(new_ids)
+                text = choice.detok.add(new_ids)
+                if choice.detok.stopped:
+                    finish = "stop"
+                elif finish is not None:
+                    text += choice.detok.flush()
+                logprobs = None
+                if req.logprobs:
+                    logprobs = [TokenLogprob(token=self._decode([t]), logprob=float(lp), id=t)
+                                for t, lp in zip(new_ids, lps, strict=False)]
+                if finish is not None:
+                    choice.done = True
+                self._emit(req, out, i, text, len(new_ids), finish, logprobs)
+            if all(c.done for c in req.choices):
+                req.done = True
+                if handle.get_status() == status_running:
+                    self._drop(req)  # stopped by stop strings: free its KV blocks
                 finished.append(rid)
-                self._finish(req, out, finish, text, len(new_ids), logprobs)
-            else:
-                out[req.loop].append((req.queue, Delta(text=text, prompt_tokens=len(req.input_ids),
-                                                       completion_tokens=req.completion_tokens,
-                                                       new_tokens=len(new_ids), logprobs=logprobs)))
         for rid in finished:
             req = self._active.pop(rid)
             req.handle = None
@@ -444,7 +578,8 @@ class OpenVINOEngine:
 def _merge(a: Delta, b: Delta) -> Delta:
     logprobs = None if a.logprobs is None and b.logprobs is None else [*(a.logprobs or ()), *(b.logprobs or ())]
     return Delta(text=a.text + b.text, prompt_tokens=b.prompt_tokens, completion_tokens=b.completion_tokens,
-                 new_tokens=a.new_tokens + b.new_tokens, finish_reason=b.finish_reason, logprobs=logprobs)
+                 new_tokens=a.new_tokens + b.new_tokens, finish_reason=b.finish_reason, logprobs=logprobs,
+                 index=b.index)
 
 
 def _put_all(items, turn: threading.Event) -> None:

@@ -60,7 +60,7 @@ def test_manifest_describes_the_engine(ov_int8_engine):
     # numerics are chosen at build time, never left to the device (bf16 on CPUs with AVX-512 BF16)
     assert manifest.runtime.properties["INFERENCE_PRECISION_HINT"] == "f32"
     assert manifest.runtime.properties["KV_CACHE_PRECISION"] == "u8"
-    assert manifest.runtime.properties["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == 32
+    assert manifest.runtime.properties["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == 0
     assert manifest.runtime.scheduler["enable_prefix_caching"] is False
     verify_files(ov_int8_engine, manifest)
 

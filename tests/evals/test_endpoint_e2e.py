@@ -54,9 +54,14 @@ def test_endpoint_as_quality_candidate(served_int8, reference_model):
     assert report.candidate_scores.gsm8k_n == 10
     assert report.candidate_scores.word_perplexity is None  # an endpoint gives no prompt log-probabilities
     metrics = report.metrics()
-    assert "perplexity_ratio" not in metrics
+    assert "perplexity_ratio" not in metrics and "kld_mean" not in metrics
+    assert report.kld is None and "no full next-token logits" in report.kld_not_measured
+    assert "KL divergence and top-1 agreement: not measured" in report.to_markdown()
     # the server runs the same int8 engine as the openvino path: its greedy answers pass the agreement
-    # gates, GSM8K does not drop; only perplexity is unmeasured (and so fails: not enough to promote)
+    # checks, GSM8K does not drop; only what needs logits is unmeasured (and so fails: not enough to promote)
     gate = apply_gates(metrics, sections=["quality"])
-    assert gate.failed == ["perplexity_ratio"], gate.to_markdown()
-    assert next(c for c in gate.checks if c.metric == "perplexity_ratio").note == "not measured"
+    unmeasured = ["kld_mean_ci_high", "kld_p99_ci_high", "top1_agreement_ci_low", "perplexity_ratio"]
+    assert gate.failed == unmeasured, gate.to_markdown()
+    checks = {c.metric: c for c in gate.checks}
+    assert all(checks[m].note == "not measured" for m in unmeasured)
+    assert checks["greedy_agreement"].passed and checks["token_agreement"].passed

@@ -63,11 +63,20 @@ def test_int8_engine_passes_the_gate_via_cli(ov_int8_engine, reference_model, tm
     assert cand["word_perplexity"] != ref["word_perplexity"]  # int8 is not bit-identical to float32
     assert metrics["perplexity_ratio"] == pytest.approx(cand["word_perplexity"] / ref["word_perplexity"])
     assert q["agreement"]["n_prompts"] == 8 and q["agreement"]["k"] == 16
+    # KL divergence and top-1 agreement over the quick profile's ~3.1k positions, with their intervals
+    kld = q["kld"]
+    assert kld["n_tokens"] > 2500 and kld["runtime"]["KV_CACHE_PRECISION"] == "u8"
+    assert 0 < metrics["kld_mean"] < 0.05 and 0.85 < metrics["top1_agreement"] < 1
+    assert metrics["kld_mean_ci_low"] <= metrics["kld_mean"] <= metrics["kld_mean_ci_high"]
+    assert metrics["top1_agreement_ci_low"] <= metrics["top1_agreement"] <= metrics["top1_agreement_ci_high"]
     assert gate["passed"] and gate["failed"] == []
-    assert {c["metric"] for c in gate["checks"]} == {"perplexity_ratio", "gsm8k_accuracy_drop",
-                                                     "greedy_agreement", "token_agreement"}
+    assert {c["metric"] for c in gate["checks"]} == {
+        "kld_mean_ci_high", "kld_p99_ci_high", "top1_agreement_ci_low", "perplexity_ratio",
+        "gsm8k_accuracy_drop", "greedy_agreement", "token_agreement"}
+    assert {c["metric"] for c in gate["checks"] if c["advisory"]} == {
+        "gsm8k_accuracy_drop", "greedy_agreement", "token_agreement"}
     md = (tmp_path / "report.md").read_text()
-    assert "Gate: **PASS**" in md and "word perplexity" in md
+    assert "Gate: **PASS**" in md and "word perplexity" in md and "mean KLD" in md and "same top token" in md
 
 
 @pytest.mark.slow
@@ -78,7 +87,10 @@ def test_broken_candidate_fails_the_gate_naming_the_metric(broken_engine, refere
     metrics = report.metrics()
     result = apply_gates(metrics, sections=["quality"])
     assert not result.passed
-    assert "perplexity_ratio" in result.failed and "greedy_agreement" in result.failed
+    assert {"kld_mean_ci_high", "kld_p99_ci_high", "top1_agreement_ci_low", "perplexity_ratio"} <= set(result.failed)
+    assert metrics["kld_mean"] > 10 and metrics["top1_agreement"] < 0.1
+    greedy = next(c for c in result.checks if c.metric == "greedy_agreement")
+    assert not greedy.passed and greedy.advisory  # shown as a miss; the KLD checks decide
     ratio = next(c for c in result.checks if c.metric == "perplexity_ratio")
     assert not ratio.passed and (not math.isfinite(ratio.value) or ratio.value > 2), (tensor, ratio)
     assert "FAIL (" in result.to_markdown() and "perplexity_ratio" in result.to_markdown()

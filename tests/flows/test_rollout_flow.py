@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import httpx
@@ -11,7 +10,6 @@ import pytest
 
 from registry.client import Registry
 from serving.process import run_onramp_serve
-from serving.routing import POLL_ENV
 from tests.registry.test_rollout import NAME, Load, RoundRobin, _gates, _version
 
 
@@ -25,8 +23,7 @@ def test_rollout_flow_promotes_and_posts_artifacts(prefect_server, ov_int8_engin
     v1 = reg.register(ov_int8_engine, gate_passed=True)
     v2 = reg.register(ov_int8_engine, gate_passed=True)
     reg.promote(NAME, v1)
-    env = {**os.environ, POLL_ENV: "1"}
-    with run_onramp_serve(["--registry", "--no-auth"], log=tmp_path / "serve.log", env=env) as server:
+    with run_onramp_serve(["--registry", "--no-auth", "--registry-poll", "1"], log=tmp_path / "serve.log") as server:
         deadline = time.monotonic() + 240
         while _version(server.url) != v1:
             assert time.monotonic() < deadline, "the server did not load production"

@@ -297,3 +297,103 @@ def flaky_proxy(moto_s3):
     proxy = FlakyProxy(int(endpoint.rsplit(":", 1)[1]))
     yield proxy
     proxy.close()
+
+
+class StallProxy:
+    """Forwards 127.0.0.1:port to a server; ``stall_on(pattern, nth)`` holds the nth request whose
+    bytes contain ``pattern`` (e.g. ``b"POST /api/2.0/mlflow/model-versions/create"``): it is never
+    forwarded, and ``stalled`` is set, so a test knows its client is stuck exactly there (and can
+    SIGKILL it). ``down(True)`` refuses and drops every connection (a server that went away)."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stalled = threading.Event()
+        self._pattern: bytes | None = None
+        self._left = 0
+        self._down = False
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stall_on(self, pattern: bytes, nth: int = 1) -> None:
+        with self._lock:
+            self._pattern, self._left = pattern, nth
+            self.stalled.clear()
+
+    def down(self, down: bool = True) -> None:
+        self._down = down
+        if down:
+            with self._lock:
+                conns, self._conns = set(self._conns), set()
+            for conn in conns:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                conn.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self._down:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns |= {client, upstream}
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if upstream:
+                    with self._lock:
+                        hit = self._pattern is not None and self._pattern in data
+                        if hit:
+                            self._left -= 1
+                            hit = self._left == 0
+                            if hit:
+                                self._pattern = None
+                    if hit:
+                        self.stalled.set()
+                        while not self._closed and src.recv(65536):  # hold it until the client dies
+                            pass
+                        return
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._closed = True
+        self.listener.close()
+        self.down(True)
+
+
+@pytest.fixture
+def stall_proxy(mlflow_server):
+    """A :class:`StallProxy` in front of the session's ``mlflow server``."""
+    url, _ = mlflow_server
+    proxy = StallProxy(int(url.rsplit(":", 1)[1]))
+    yield proxy
+    proxy.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import httpx
@@ -12,7 +11,7 @@ from registry.canary import canary_state, clear_canary, set_canary
 from registry.client import Registry
 from registry.errors import RegistryError
 from serving.process import run_onramp_serve
-from serving.routing import POLL_ENV, VERSION_HEADER, bucket
+from serving.routing import VERSION_HEADER, bucket
 
 NAME = "huggingfacetb--smollm2-135m-instruct"
 
@@ -64,8 +63,7 @@ def test_canary_share_is_sticky_per_user_and_counted_per_version(ov_int8_engine,
     v2 = reg.register(ov_int8_engine, gate_passed=True)
     reg.promote(NAME, v1)
     set_canary(reg, NAME, v2, 50)
-    env = {**os.environ, POLL_ENV: "1"}
-    with run_onramp_serve(["--registry", "--no-auth"], log=tmp_path / "serve.log", env=env) as server:
+    with run_onramp_serve(["--registry", "--no-auth", "--registry-poll", "1"], log=tmp_path / "serve.log") as server:
         def weight() -> float:
             return _metric(httpx.get(f"{server.url}/metrics", timeout=10).text, "onramp_canary_weight",
                            model=NAME, version=v2)
@@ -105,8 +103,7 @@ def test_shadow_mirrors_greedy_production_requests_to_the_canary(ov_int8_engine,
     v2 = reg.register(ov_int8_engine, gate_passed=True)
     reg.promote(NAME, v1)
     set_canary(reg, NAME, v2, 0, shadow=100)  # no traffic to the canary; every greedy request mirrored
-    env = {**os.environ, POLL_ENV: "1"}
-    with run_onramp_serve(["--registry", "--no-auth"], log=tmp_path / "serve.log", env=env) as server:
+    with run_onramp_serve(["--registry", "--no-auth", "--registry-poll", "1"], log=tmp_path / "serve.log") as server:
         def metrics() -> str:
             return httpx.get(f"{server.url}/metrics", timeout=10).text
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from evals.gates import RolloutRules
 from evals.rollout import Stats, judge, parse_steps
 from registry.client import Registry
 from serving.process import run_onramp_serve
-from serving.routing import POLL_ENV, VERSION_HEADER
+from serving.routing import VERSION_HEADER
 from tests.conftest import free_port
 
 NAME = "huggingfacetb--smollm2-135m-instruct"
@@ -142,10 +141,9 @@ def test_rollout_on_two_replicas_under_load_promotes_with_no_failures(ov_int8_en
     v1 = reg.register(ov_int8_engine, gate_passed=True)
     v2 = reg.register(ov_int8_engine, gate_passed=True)
     reg.promote(NAME, v1)
-    env = {**os.environ, POLL_ENV: "1"}
-    args = ["--registry", "--no-auth"]
-    with run_onramp_serve(args, log=tmp_path / "a.log", env=env) as a, \
-            run_onramp_serve(args, log=tmp_path / "b.log", env=env) as b:
+    args = ["--registry", "--no-auth", "--registry-poll", "1"]
+    with run_onramp_serve(args, log=tmp_path / "a.log") as a, \
+            run_onramp_serve(args, log=tmp_path / "b.log") as b:
         servers = [a.url, b.url]
         for s in servers:
             deadline = time.monotonic() + 240
@@ -196,8 +194,7 @@ def test_a_throttled_canary_is_rolled_back_naming_the_metric(ov_int8_engine, onr
     v1 = reg.register(ov_int8_engine, gate_passed=True)
     v2 = reg.register(_throttled_copy(ov_int8_engine, tmp_path / "throttled"), name=NAME, gate_passed=True)
     reg.promote(NAME, v1)
-    env = {**os.environ, POLL_ENV: "1"}
-    with run_onramp_serve(["--registry", "--no-auth"], log=tmp_path / "a.log", env=env) as a:
+    with run_onramp_serve(["--registry", "--no-auth", "--registry-poll", "1"], log=tmp_path / "a.log") as a:
         deadline = time.monotonic() + 240
         while _version(a.url) != v1:
             assert time.monotonic() < deadline, "the server did not load production"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from registry.client import Registry
 from registry.watch import AliasWatcher
@@ -71,3 +72,35 @@ async def test_watcher_survives_a_bad_version_and_an_unknown_model(make_engine):
         assert calls == []
         stored.write_bytes((engine / "config.json").read_bytes())  # repaired: delivered next tick
         await _until(lambda: calls == ["1"])
+
+
+async def test_watcher_backs_off_a_failing_version_and_tries_a_new_one_at_once(make_engine):
+    reg = Registry()
+    for tag in ("a", "b"):
+        reg.register(make_engine(tag), gate_passed=True)
+    reg.promote(NAME, "1")
+    calls: list[str] = []
+    told = []
+
+    async def on_change(name, version, engine_dir):
+        calls.append(version)
+        if version == "1":
+            raise RuntimeError("engine did not load")
+
+    watcher = AliasWatcher(reg, interval=0.2, max_backoff=0.8, on_change=on_change,
+                           on_failure=lambda failure, exc: told.append((failure.failures, str(exc))))
+    waits = []
+    for _ in range(4):
+        await watcher.poll_once()
+        failure = watcher.failing[NAME]
+        waits.append(failure.backoff_s)
+        await watcher.poll_once()  # within the backoff: not tried again
+        assert len(calls) == failure.failures
+        await asyncio.sleep(failure.retry_at_monotonic - time.monotonic() + 0.01)
+    assert waits == [0.2, 0.4, 0.8, 0.8]  # doubling, capped
+    assert told == [(n, "engine did not load") for n in (1, 2, 3, 4)]
+    assert watcher.failing[NAME].version == "1" and watcher.current == {}
+    # the alias moves: the new version is tried at once, and the failure is forgotten when it arrives
+    await asyncio.to_thread(reg.promote, NAME, "2")
+    assert await watcher.poll_once() == {NAME: "2"}
+    assert calls[-1] == "2" and watcher.failing == {}

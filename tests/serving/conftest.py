@@ -63,14 +63,15 @@ class Server:
 
 
 @pytest.fixture(scope="session")
-def server(ov_int8_engine, tmp_path_factory):
+def server(ov_int8_engine, engine_copy, tmp_path_factory):
     from serving.auth import create_key
 
     home = tmp_path_factory.mktemp("serve-home")
     keys_file = home / "keys.json"
     key = create_key(keys_file, "tests")
     admin_key = create_key(keys_file, "ops", admin=True)
-    env = {**os.environ, "ONRAMP_HOME": str(home), "ONRAMP_API_KEYS": ""}
+    # swaps may load from the engines dir: the one holding engine_copy
+    env = {**os.environ, "ONRAMP_HOME": str(home), "ONRAMP_API_KEYS": "", "ONRAMP_ENGINES_DIR": str(engine_copy.parent)}
     args = ["--engine", f"{LAUNCH_MODEL}={ov_int8_engine}", "--engine", f"{WIRE_MODEL}={ov_int8_engine}",
             "--keys-file", str(keys_file), "--max-queue", str(MAX_QUEUE), "--default-max-tokens", "96"]
     with run_onramp_serve(args, log=home / "server.log", env=env) as process:

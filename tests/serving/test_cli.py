@@ -18,12 +18,13 @@ def test_keys_create_list_revoke(onramp_home):
     assert raw.startswith("onr-")
     stored = json.loads((onramp_home / "keys.json").read_text())
     assert stored[0]["name"] == "ci" and raw not in json.dumps(stored)
-    listed = runner.invoke(app, ["keys", "list"])
-    assert listed.stdout.strip() == "ci\tuser,admin"
+    listed = runner.invoke(app, ["keys", "list"]).stdout.strip().splitlines()
+    assert listed[0].split("\t")[:4] == ["name", "scopes", "rpm", "tpm"]
+    assert listed[1:] == ["ci\tuser,admin\t-\t-\t0\t0\t0"]
     again = runner.invoke(app, ["keys", "create", "ci"])
     assert again.exit_code == 1 and "already exists" in again.output
     assert runner.invoke(app, ["keys", "revoke", "ci"]).exit_code == 0
-    assert runner.invoke(app, ["keys", "list"]).stdout.strip() == ""
+    assert runner.invoke(app, ["keys", "list"]).stdout.strip().splitlines()[1:] == []
 
 
 def test_serve_argument_errors_are_one_line(tmp_path):

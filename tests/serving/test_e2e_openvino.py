@@ -204,7 +204,7 @@ def test_seed_python_example(server):
 
 # ---------------------------------------------------------------- bad input, on the real server
 @pytest.mark.parametrize("body, status, param, code", [
-    ({"model": LAUNCH_MODEL, "messages": QUESTION, "n": 3}, 400, "n", None),
+    ({"model": LAUNCH_MODEL, "messages": QUESTION, "n": 9}, 400, "n", None),  # over --max-n (8)
     ({"model": LAUNCH_MODEL, "messages": QUESTION, "temperature": 9}, 400, "temperature", None),
     ({"model": LAUNCH_MODEL, "messages": QUESTION, "max_tokens": "many"}, 400, "max_tokens", None),
     ({"model": LAUNCH_MODEL, "messages": "hello"}, 400, "messages", None),
@@ -247,7 +247,7 @@ def test_auth_errors_with_the_openai_client(server):
         OpenAI(api_key=server.key, base_url=f"{server.url}/v1").chat.completions.create(model="nope", messages=QUESTION)
     with pytest.raises(BadRequestError) as exc:
         OpenAI(api_key=server.key, base_url=f"{server.url}/v1").chat.completions.create(
-            model=LAUNCH_MODEL, messages=QUESTION, n=2)
+            model=LAUNCH_MODEL, messages=QUESTION, n=9)
     assert exc.value.body["param"] == "n"
     # the user key cannot swap
     resp = httpx.post(f"{server.url}/admin/models/{LAUNCH_MODEL}/swap", json={"engine_dir": "/x"},
@@ -265,7 +265,7 @@ def test_logs_name_unknown_fields_but_hold_no_text(server):
     deadline = time.monotonic() + 60  # the server's log reaches the file when its handler flushes
     while "ignored unknown fields" not in (log := server.log_text()) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert "ignored unknown fields: web_search" in log
+    assert "ignored unknown fields: 'web_search'" in log  # names escaped (repr)
     content = resp.choices[0].message.content
     assert "zebra-4" not in log and (len(content) < 12 or content not in log)
 
@@ -372,7 +372,8 @@ async def test_swap_under_concurrent_streaming_load(server, engine_copy):
         assert metric(metrics, "onramp_inter_token_latency_seconds_count", model=LAUNCH_MODEL) > 0
         assert metric(metrics, "onramp_completion_tokens_total", model=LAUNCH_MODEL) > 0
         # a failed swap leaves the live engine serving, and says why
-        bad = await admin.post(f"/admin/models/{LAUNCH_MODEL}/swap", json={"engine_dir": "/nonexistent/engine"})
+        missing = str(engine_copy.parent / "nonexistent")  # inside the engines dir, so swaps may try it
+        bad = await admin.post(f"/admin/models/{LAUNCH_MODEL}/swap", json={"engine_dir": missing})
         assert bad.status_code == 400 and "does not exist" in bad.json()["error"]["message"]
         ok = await client.post("/v1/chat/completions", json={"model": LAUNCH_MODEL, "messages": QUESTION,
                                                               "max_tokens": 3})

@@ -36,14 +36,14 @@ class Loader:
 
 
 @pytest.fixture
-async def server(tmp_path, ov_int8_engine):
+async def server(tmp_path, ov_int8_engine, engine_copy):
     keys_file = tmp_path / "keys.json"
     user = create_key(keys_file, "alice")
     admin = create_key(keys_file, "ops", admin=True)
     loader = Loader()
     slots = Slots(loader=loader, max_queue=2, engine_options=ENGINE_OPTIONS)
     await slots.swap(MODEL, ov_int8_engine, version="v1")
-    app = build_app(ServeConfig(keys_file=keys_file), slots=slots)
+    app = build_app(ServeConfig(keys_file=keys_file, swap_roots=[engine_copy.parent, tmp_path]), slots=slots)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120,
                                  headers={"Authorization": f"Bearer {user}"}) as client:
@@ -144,7 +144,7 @@ async def test_content_parts_and_unknown_fields_accepted(server, caplog):
 
 
 @pytest.mark.parametrize("body, param", [
-    (chat(n=2), "n"),
+    (chat(n=200), "n"),  # beyond any --max-n
     (chat(temperature=3), "temperature"),
     (chat(top_p=0), "top_p"),
     (chat(max_tokens=0), "max_tokens"),
@@ -156,7 +156,10 @@ async def test_content_parts_and_unknown_fields_accepted(server, caplog):
     (chat(messages=[{"role": "robot", "content": "x"}]), "messages[0].role"),
     (chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]), "messages[0].content"),
     (chat(stream_options={"include_usage": True}), None),
-    (chat(top_logprobs=3, logprobs=True), "top_logprobs"),
+    (chat(top_logprobs=21, logprobs=True), "top_logprobs"),
+    (chat(top_logprobs=3), "top_logprobs"),  # needs logprobs=true
+    (chat(response_format={"type": "yaml"}), "response_format.type"),
+    (chat(tool_choice="required"), "tool_choice"),  # no tools
     ({"messages": [{"role": "user", "content": "x"}]}, "model"),
 ])
 async def test_bad_parameters_are_400_naming_the_parameter(server, body, param):
@@ -241,7 +244,7 @@ async def test_completions_and_models(server):
     assert usage["completion_tokens"] == 2 and usage["total_tokens"] == usage["prompt_tokens"] + 2
     assert_error(await client.post("/v1/completions", json={"model": MODEL, "prompt": ["a", "b"]}), 400,
                  param="prompt")
-    assert_error(await client.post("/v1/completions", json={"model": MODEL, "prompt": "a", "logprobs": 3}), 400,
+    assert_error(await client.post("/v1/completions", json={"model": MODEL, "prompt": "a", "logprobs": 21}), 400,
                  param="logprobs")
     models = (await client.get("/v1/models")).json()
     assert models["object"] == "list" and [m["id"] for m in models["data"]] == [MODEL]

@@ -82,7 +82,7 @@ def test_trtllm_llm_args_take_tp_from_manifest(tmp_path):
     d = _trt_engine_dir(tmp_path, tp=4)
     kw = llm_kwargs(d, read_engine_manifest(d))
     assert kw == {"model": str(d), "tokenizer": str(d), "tensor_parallel_size": 4, "pipeline_parallel_size": 1,
-                  "trust_remote_code": False}
+                  "trust_remote_code": False, "guided_decoding_backend": "xgrammar"}
 
 
 def test_trtllm_unavailable_says_so(tmp_path):
