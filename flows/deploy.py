@@ -3,8 +3,9 @@
 - work pool ``cpu`` (process): the ``onboard`` and ``watch`` deployments run here; ``onramp up``
   starts one worker for it;
 - work pool ``gpu`` (process): the ``build-layout`` deployment (one flow run per TensorRT-LLM
-  layout) for when GPU workers exist (``prefect worker start --pool gpu`` on a GPU node with
-  TensorRT-LLM; nothing starts one here);
+  layout; the onboard flow sends every GPU layout here, see :mod:`flows.dispatch`) for GPU
+  workers (``prefect worker start --pool gpu`` on a GPU node with TensorRT-LLM; on Kubernetes a
+  ``kubernetes`` pool with deploy/prefect/gpu-pool-base-job-template.json; nothing starts one here);
 - ``onboard`` has a trigger on the ``onramp.model.revision`` event: its parameters come from
   the event's payload (repo and sha), the rest from the settings at deploy time;
 - ``watch`` runs every ``watch_interval_s`` seconds.
@@ -65,8 +66,10 @@ def ensure_work_pools() -> None:
     asyncio.run(create())
 
 
-def deploy_all(settings: Settings, targets: list[str] | None = None, profile: str = "quick") -> list[str]:
-    """Create the pools and the three deployments (from this checkout); return the deployment ids.
+def deploy_all(settings: Settings, targets: list[str] | None = None, profile: str = "quick",
+               only: tuple[str, ...] | None = None) -> list[str]:
+    """Create the pools and the three deployments (from this checkout), or those named in ``only``;
+    return the deployment ids.
 
     ``RunnerDeployment.apply`` rather than ``Flow.deploy``: the latter asks the server for online
     workers with a request Prefect 3.8.8's own server refuses (``limit: null`` → 422).
@@ -87,6 +90,8 @@ def deploy_all(settings: Settings, targets: list[str] | None = None, profile: st
     ]
     ids = []
     for entrypoint, kwargs in specs:
+        if only is not None and kwargs["name"] not in only:
+            continue
         deployment = flow.from_source(source=source, entrypoint=entrypoint).to_deployment(tags=["onramp"], **kwargs)
         ids.append(str(deployment.apply(work_pool_name=kwargs["work_pool_name"])))
     return ids

@@ -53,6 +53,8 @@ class OnboardConfig(BaseModel):
     approval_timeout_s: int = Field(3600, ge=1)
     promote: bool = Field(True, description="Promote a build that passed its gates to production.")
     serving_timeout_s: float = Field(300.0, ge=0, description="How long to wait for the server to swap (0: don't).")
+    gpu_build_timeout_s: float = Field(4 * 3600.0, gt=0, description="How long a GPU layout's build-layout run "
+                                       "on the gpu work pool may take.")
 
     @field_validator("repo")
     @classmethod
@@ -132,6 +134,20 @@ def build_task(checkpoint: Path, layout: LayoutPlan, repo: str, sha: str, settin
     """Build one layout; ``(engine_dir, made_now)`` (False: a finished build was reused)."""
     started = time.time() - 1
     engine_dir = steps.build(checkpoint, layout, repo, sha, settings)
+    return engine_dir, steps.created_after(engine_dir, started)
+
+
+@task(name="build", cache_policy=NO_CACHE, task_run_name="build-{layout.key}")
+def gpu_build_task(checkpoint: Path, layout: LayoutPlan, repo: str, sha: str, settings: Settings,
+                   timeout: float) -> tuple[Path, bool]:
+    """A GPU layout: a build-layout run on the gpu work pool, the engine fetched through the registry
+    (flows.dispatch); in-process when no build-layout deployment exists."""
+    from flows.dispatch import build_on_gpu_pool
+
+    started = time.time() - 1
+    engine_dir = build_on_gpu_pool(layout, repo, sha, settings, timeout=timeout)
+    if engine_dir is None:
+        engine_dir = steps.build(checkpoint, layout, repo, sha, settings)
     return engine_dir, steps.created_after(engine_dir, started)
 
 
@@ -220,7 +236,10 @@ def onboard(config: OnboardConfig) -> OnboardResult:
 
     # plan + build: one task per feasible layout, all at once; a failure stays with its layout
     plans = plan_task(checkpoint, config.targets, config.precision)
-    futures = {p.key: build_task.submit(checkpoint, p, config.repo, sha, settings) for p in plans if p.selected}
+    # (GPU layouts go to the gpu work pool as build-layout runs; CPU layouts are built here)
+    futures = {p.key: gpu_build_task.submit(checkpoint, p, config.repo, sha, settings, config.gpu_build_timeout_s)
+               if p.kind == "gpu" else build_task.submit(checkpoint, p, config.repo, sha, settings)
+               for p in plans if p.selected}
     outcomes: dict[str, LayoutOutcome] = {}
     for p in plans:
         outcome = LayoutOutcome(key=p.key, target=p.target, backend=p.backend, precision=p.precision,

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import admin
 from serving.auth import ADMIN, USER, KeyStore
+from serving.drain import Drain, DrainGate
 from serving.errors import RequestError
 from serving.metrics import CONTENT_TYPE_LATEST, Metrics
 from serving.protocol import (AdminModels, ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
@@ -521,6 +522,8 @@ def build_app(config: ServeConfig | Any | None = None, *, slots: Slots | None = 
         app.include_router(router)
     gated = _gated_routes(routers)
     app.add_middleware(_Gate, routes=gated)
+    app.state.drain = Drain()  # SIGTERM drain (serving.drain): outermost, counts requests in flight
+    app.add_middleware(DrainGate, drain=app.state.drain, metrics=metrics)
     app.openapi = lambda: _openapi_document(app, gated)
     return app
 

@@ -44,6 +44,9 @@ def serve(
                                   help="Also serve each registered model's 'production' alias (as ORG--NAME, and "
                                        "as NAME where no other registered model has that NAME); swap when it moves."),
     log_prompts: bool = typer.Option(False, "--log-prompts", help="Log prompt text (off by default)."),
+    drain_timeout: float = typer.Option(30.0, "--drain-timeout", min=0,
+                                        help="On SIGTERM: new requests get 503, /readyz 503; requests in flight "
+                                        "get this many seconds to finish before the server exits."),
     max_n: int = typer.Option(8, "--max-n", min=1, max=128, help="Most choices (n) one request may ask for."),
     swap_timeout: float = typer.Option(600.0, "--swap-timeout", min=0.001,
                                        help="Seconds an engine may take to load and warm up in a swap."),
@@ -90,14 +93,14 @@ def serve(
         fail(err)
     import logging
 
-    import uvicorn
+    from serving.drain import run_server
 
     logging.getLogger("serving").setLevel(logging.INFO)
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     typer.secho(f"serving {', '.join(engines) or '(registry)'} on http://{settings.api_host}:{settings.api_port} "
                 f"(auth {'off' if no_auth else 'on'}); GET /readyz says when the engines are live", err=True)
-    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="info")
+    run_server(app, host=settings.api_host, port=settings.api_port, drain_timeout=drain_timeout)
 
 
 @keys_app.command("create")
