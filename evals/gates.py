@@ -92,6 +92,18 @@ class Regression(BaseModel):
     metrics: dict[str, RegressionMetric] = Field(default_factory=dict)
 
 
+class RolloutRules(BaseModel):
+    """Canary vs production tolerances of ``onramp rollout`` (the ``rollout:`` section)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    error_rate_max_increase: float = Field(0.01, ge=0)  # canary error rate - production's (absolute)
+    ttft_p99_ratio_max: float = Field(2.0, gt=0)  # canary TTFT p99 / production's
+    decode_speed_ratio_min: float = Field(0.5, ge=0)  # canary decode tok/s / production's
+    shadow_agreement_min: float | None = Field(None, ge=0, le=1)  # mean matched prefix share (shadow)
+    min_requests: int = Field(3, ge=1)  # canary requests a window needs before latency is judged
+
+
 class Gates(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -99,6 +111,7 @@ class Gates(BaseModel):
     quality: dict[str, Threshold] = Field(default_factory=dict)
     latency: dict[str, Threshold] = Field(default_factory=dict)
     regression: Regression = Field(default_factory=Regression)
+    rollout: RolloutRules = Field(default_factory=RolloutRules)
     latency_ab: LatencyAB = Field(default_factory=LatencyAB)
     source: str | None = None
 

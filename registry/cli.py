@@ -101,3 +101,41 @@ def register(app: typer.Typer) -> None:
         except (OnrampError, MlflowException) as err:
             _fail(err)
         typer.echo(f"{name}: production = version {restored} (rolled back)")
+
+    @app.command("rollout")
+    def rollout_cmd(
+        name: str = typer.Argument(..., help="Registered model."),
+        version: str = typer.Argument(..., help="The version to roll out as the canary."),
+        steps: str = typer.Option("5,25,100", "--steps", help="Canary weights in percent, rising to 100."),
+        window: str = typer.Option("10m", "--window", help="How long each step runs (30s, 10m, 1h)."),
+        server: list[str] = typer.Option([], "--server", help="A server's base URL whose /metrics is read; "
+                                         "repeat per replica (default: ONRAMP_ROLLOUT_SERVERS, comma-separated)."),
+        gates: str | None = typer.Option(None, "--gates", help="Gates file with a rollout: section "
+                                         "(default: evals/gates.yaml)."),
+        force: bool = typer.Option(False, "--force", help="Promote at the end even if its offline gates failed."),
+        shadow: float | None = typer.Option(None, "--shadow", help="Also mirror this percent of production's "
+                                            "greedy requests to the canary (agreement: shadow_agreement_min)."),
+    ) -> None:
+        """Canary VERSION through the steps; promote it, or roll it back at the first breached metric."""
+        import logging
+        import os
+
+        from mlflow.exceptions import MlflowException
+
+        from evals.gates import load_gates
+        from evals.rollout import parse_steps, parse_window, rollout
+        from onramp.errors import OnrampError
+
+        logging.getLogger("evals").setLevel(logging.INFO)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(format="%(asctime)s %(message)s")
+        servers = server or [s.strip() for s in os.environ.get("ONRAMP_ROLLOUT_SERVERS", "").split(",") if s.strip()]
+        try:
+            result = rollout(_registry(), name, version, steps=parse_steps(steps), window=parse_window(window),
+                             servers=servers, rules=load_gates(gates).rollout, promote_force=force,
+                             shadow=shadow)
+        except (OnrampError, MlflowException) as err:
+            _fail(err)
+        typer.echo(result.summary())
+        if result.decision != "promoted":
+            raise typer.Exit(1)

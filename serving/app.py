@@ -36,6 +36,7 @@ from serving.metrics import CONTENT_TYPE_LATEST, Metrics
 from serving.protocol import (AdminModels, ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
                               CompletionResponse, ErrorResponse, Health, ModelCard, ModelList, Readiness,
                               RemoveResponse, SwapRequest, SwapResponse)
+from serving.routing import CANARY_SUFFIX, ROUTE, VERSION_HEADER
 from serving.service import OpenAIService
 from serving.slots import Slots
 from serving.usage import UsageMeter, current_key, usage_file
@@ -254,13 +255,22 @@ require_user = Depends(_require(USER))
 require_admin = Depends(_require(ADMIN))
 
 
-def _stream_or_json(result) -> Response:
+def _stream_or_json(result, route: dict | None = None) -> Response:
+    extra = {VERSION_HEADER: route["version"]} if route and route.get("version") else {}
     if isinstance(result, Response):
         return result
     if isinstance(result, dict):
-        return JSONResponse(result)
+        return JSONResponse(result, headers=extra or None)
     return StreamingResponse(result, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **extra})
+
+
+def _route(request: Request, user: str | None) -> dict:
+    """The request's canary routing record (see serving.routing): keyed by ``user``, else the key name."""
+    key = current_key.get()
+    route = {"key": user or (key.name if key is not None else None)}
+    ROUTE.set(route)
+    return route
 
 
 async def _unless_disconnected(request: Request, work: Awaitable) -> Any:
@@ -348,22 +358,25 @@ def _openai_router() -> APIRouter:
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         request.state.model = _model_label(request.app.state.slots, body.model)
         service: OpenAIService = request.app.state.service
+        route = _route(request, body.user)
         work = service.chat(body, endpoint="/v1/chat/completions")
-        return _stream_or_json(await _unless_disconnected(request, work))
+        return _stream_or_json(await _unless_disconnected(request, work), route)
 
     @router.post("/chat/completions", dependencies=[require_user], responses=_generation(ChatCompletionResponse))
     async def pplx_chat_completions(body: ChatCompletionRequest, request: Request):
         request.state.model = _model_label(request.app.state.slots, body.model)
         service: OpenAIService = request.app.state.service
+        route = _route(request, body.user)
         work = service.chat(body, endpoint="/chat/completions", pplx=True)
-        return _stream_or_json(await _unless_disconnected(request, work))
+        return _stream_or_json(await _unless_disconnected(request, work), route)
 
     @router.post("/v1/completions", dependencies=[require_user], responses=_generation(CompletionResponse))
     async def completions(body: CompletionRequest, request: Request):
         request.state.model = _model_label(request.app.state.slots, body.model)
         service: OpenAIService = request.app.state.service
+        route = _route(request, body.user)
         work = service.completion(body, endpoint="/v1/completions")
-        return _stream_or_json(await _unless_disconnected(request, work))
+        return _stream_or_json(await _unless_disconnected(request, work), route)
 
     def _model_card(live, alias: str | None = None) -> dict:
         info = live.engine.describe()
@@ -403,7 +416,8 @@ def _ops_router() -> APIRouter:
         """Each model's state; errors, paths and the registry follower's backoff with the admin key."""
         slots: Slots = request.app.state.slots
         status = slots.status()
-        ready = bool(status) and all(s.state == "ready" for s in status)
+        # a canary that loads or failed (serving.routing) never takes the replica out of the balancer
+        ready = bool(status) and all(s.state == "ready" for s in status if not s.name.endswith(CANARY_SUFFIX))
         try:
             request.app.state.keys.check(request.headers.get("authorization"), ADMIN)
             models = admin.detailed_status(slots, getattr(request.app.state, "follower", None))

@@ -51,7 +51,8 @@ def serve(
     swap_timeout: float = typer.Option(600.0, "--swap-timeout", min=0.001,
                                        help="Seconds an engine may take to load and warm up in a swap."),
     registry_poll: float = typer.Option(5.0, "--registry-poll", min=0.01,
-                                        help="With --registry: seconds between polls of the production aliases."),
+                                        help="With --registry: seconds between polls of the production and "
+                                             "canary aliases."),
     registry_max_backoff: float = typer.Option(
         300.0, "--registry-max-backoff", min=0.01,
         help="With --registry: longest wait before retrying a production version that failed to load."),
@@ -77,6 +78,10 @@ def serve(
 
             follower = RegistryFollower(settings, interval=registry_poll, max_backoff=registry_max_backoff)
             hooks_start, hooks_stop, resolver = [follower.start], [follower.stop], follower.resolve
+            from serving.routing import canary_hooks
+
+            canary_start, canary_stop = canary_hooks(follower.registry, interval=registry_poll)
+            hooks_start, hooks_stop = [*hooks_start, canary_start], [canary_stop, *hooks_stop]
             swap_roots.append(follower.cache_dir)
         config = ServeConfig(engines=engines, auth=not no_auth, keys_file=settings.keys_file, max_queue=max_queue,
                              engine_options={"cache_size_gb": cache_size_gb} if cache_size_gb else {},

@@ -34,6 +34,27 @@ class Metrics:
         self.swap_failures = Counter(
             "onramp_swap_failures", "Failed attempts to bring in a new engine (load, warm-up, timeout; the "
             "registry follower's fetches too).", ["model"], registry=r)
+        # per version (canary rollouts compare these; model is the served name, version the registry's)
+        mv = ["model", "version"]
+        self.version_requests = Counter("onramp_version_requests", "Requests admitted, by model and version.",
+                                        mv, registry=r)
+        self.version_errors = Counter("onramp_version_errors", "Admitted requests that failed, by version.",
+                                      mv, registry=r)
+        self.version_tokens = Counter("onramp_version_completion_tokens", "Completion tokens by version.",
+                                      mv, registry=r)
+        self.version_ttft = Histogram("onramp_version_time_to_first_token_seconds", "TTFT by version.",
+                                      mv, buckets=_TTFT_BUCKETS, registry=r)
+        self.version_itl = Histogram("onramp_version_inter_token_latency_seconds", "ITL by version.",
+                                     mv, buckets=_ITL_BUCKETS, registry=r)
+        shadow = ["model", "production", "canary"]
+        self.shadow_requests = Counter("onramp_shadow_requests", "Production requests mirrored to the canary.",
+                                       shadow, registry=r)
+        self.shadow_identical = Counter("onramp_shadow_identical", "Shadowed requests whose first K tokens "
+                                        "agree with production's answer.", shadow, registry=r)
+        self.shadow_matched = Counter("onramp_shadow_matched_prefix", "Sum of the matched share of the first "
+                                      "K tokens (divide by onramp_shadow_requests for the mean).", shadow, registry=r)
+        self.canary_weight = Gauge("onramp_canary_weight", "Percent of requests routed to the canary.",
+                                   ["model", "version"], registry=r)
 
     def set_active(self, model: str, version: str, backend: str) -> None:
         for sample in list(self.engine_info.collect()[0].samples):

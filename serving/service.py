@@ -7,6 +7,7 @@ HTTP errors, not a broken stream), response shapes, and metrics.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -20,6 +21,7 @@ from serving.engine import ChatMessage, Delta, GenerationRequest, SamplingParams
 from serving.errors import RequestError
 from serving.metrics import Metrics
 from serving.protocol import ChatCompletionRequest, CompletionRequest, format_names, ignored_fields
+from serving.routing import ROUTE, Router
 from serving.slots import Lease, Slots
 from serving.structured import response_format_constraint
 from serving.tools import ToolCallParser, parse_tools, tool_constraint
@@ -53,12 +55,17 @@ class _Run:
     endpoint: str
     t0: float
     key: str | None = None  # the API key name the usage is billed to
+    base: str = ""  # the served name (an alias resolved), for the per-version series
+    version: str = ""
+    shadow: GenerationRequest | None = None  # mirror to the canary once answered (serving.routing)
 
 
 DEFAULT_MAX_N = 8
 
 
 class OpenAIService:
+    router: Router | None = None  # canary routing (serve --registry sets it)
+
     def __init__(self, slots: Slots, metrics: Metrics, *, log_prompts: bool = False,
                  default_max_tokens: int | None = None, max_n: int = DEFAULT_MAX_N,
                  usage: UsageMeter | None = None):
@@ -89,30 +96,48 @@ class OpenAIService:
     async def _start(self, model: str, endpoint: str, request: GenerationRequest) -> _Run:
         t0 = time.perf_counter()
         key = self.usage.admit(current_key.get()) if self.usage is not None else None  # 429 over its limits
-        lease = self.slots.acquire(model)
+        route = ROUTE.get()
+        slot = self.router.pick(self.slots, model, (route or {}).get("key")) if self.router else model
+        lease = self.slots.acquire(slot)
+        base, version = self.slots.resolve(model), lease.live.version
+        if route is not None:
+            route["version"] = version
         m = self.metrics
+        m.version_requests.labels(base, version).inc()
         m.queue_depth.labels(model).inc()
         stream = lease.engine.stream(request)
         try:
             first = await stream.__anext__()
-        except BaseException:
+        except BaseException as exc:
+            if not isinstance(exc, (RequestError, asyncio.CancelledError)):
+                m.version_errors.labels(base, version).inc()
             m.queue_depth.labels(model).dec()
             await stream.aclose()
             lease.release()
             raise
         m.queue_depth.labels(model).dec()
         m.running.labels(model).inc()
-        m.ttft.labels(model).observe(time.perf_counter() - t0)
+        ttft = time.perf_counter() - t0
+        m.ttft.labels(model).observe(ttft)
+        m.version_ttft.labels(base, version).observe(ttft)
         m.requests.labels(model, endpoint, "200").inc()
-        return _Run(lease=lease, stream=stream, first=first, model=model, endpoint=endpoint, t0=t0, key=key)
+        run = _Run(lease=lease, stream=stream, first=first, model=model, endpoint=endpoint, t0=t0, key=key,
+                   base=base, version=version)
+        if (self.router and request.sampling.n == 1
+                and self.router.wants_shadow(self.slots, base, slot, request.sampling.temperature)):
+            run.shadow = request
+        return run
 
     async def _deltas(self, run: _Run) -> AsyncIterator[Delta]:
         """Every delta of a run; releases the lease and records metrics however it ends."""
         m = self.metrics
         itl = m.itl.labels(run.model)
+        v_itl = m.version_itl.labels(run.base, run.version)
         tally = Tally()
         tally.add(run.first)
         last_t = time.perf_counter()
+        answer: list[str] = []
+        finish = run.first.finish_reason
         try:
             yield run.first
             async for delta in run.stream:  # the engine ends it when every choice has finished
@@ -121,17 +146,30 @@ class OpenAIService:
                     gap = (now - last_t) / delta.new_tokens
                     for _ in range(delta.new_tokens):
                         itl.observe(gap)
+                        v_itl.observe(gap)
                 last_t = now
                 tally.add(delta)
+                if run.shadow is not None:
+                    answer.append(delta.text)
+                    finish = delta.finish_reason or finish
                 yield delta
+        except (RequestError, GeneratorExit, asyncio.CancelledError):
+            raise
+        except Exception:
+            m.version_errors.labels(run.base, run.version).inc()
+            raise
         finally:
             await run.stream.aclose()
             run.lease.release()
             m.running.labels(run.model).dec()
             m.prompt_tokens.labels(run.model).inc(tally.prompt_tokens)
             m.completion_tokens.labels(run.model).inc(tally.completion_tokens)
+            m.version_tokens.labels(run.base, run.version).inc(tally.completion_tokens)
             if self.usage is not None and run.key is not None:
                 self.usage.record(run.key, tally.prompt_tokens, tally.completion_tokens)
+        if run.shadow is not None and self.router and finish in ("stop", "length"):
+            self.router.mirror(self.slots, run.base, run.version, run.shadow, run.first.text + "".join(answer),
+                               tally.completion_tokens)
 
     # ------------------------------------------------------------------ chat
     @staticmethod

@@ -309,6 +309,10 @@ class Slots:
             self.metrics.remove_model(name)
             self._retire(old)
 
+    def forget_failure(self, name: str) -> None:
+        """Drop the failed-load record of ``name`` (e.g. a canary that was withdrawn)."""
+        self._errors.pop(name, None)
+
     async def drained(self) -> None:
         """Wait until every retired engine is closed (tests, shutdown)."""
         while self._retiring:
