@@ -75,7 +75,7 @@ def test_hub_sources_go_through_the_pinned_safetensors_pull(hub_mirror, tiny_lla
     assert (req.repo, req.revision, req.name) == ("onramp-test/tiny-llama", sha, "tiny-llama")
     assert (req.checkpoint / "model.safetensors").is_file() and sha in str(req.checkpoint)
     assert req.build_id == compute_build_id(f"sha:{sha}", req.layout, "openvino", req.backend_version,
-                                            req.toolchain)
+                                            req.toolchain, req.runtime)
     # a new revision is a new build (even with the same files); asking for the old sha is the old one
     sha2 = publish("onramp-test/tiny-llama", tiny_llama, hub_mirror.mirror_dir, "same files, new revision")
     newer = prepare_build("onramp-test/tiny-llama", out_root=tmp_path / "engines")
