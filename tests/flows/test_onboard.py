@@ -296,7 +296,8 @@ def _assert_artifacts(repo: str) -> None:
 
     slug = _slug(repo)
     keys = [f"{slug}-{k}" for k in ("layouts", "evals", "latency", "mlflow-run", "mlflow-version", "result")]
-    arts = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", timeout=15,
+    # the latest version of each key: run A (a failing gate) wrote the same keys before run B
+    arts = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/latest/filter", timeout=15,
                       json={"artifacts": {"key": {"any_": keys}}, "limit": 50}).json()
     by_key = {a["key"]: a for a in arts}
     assert set(keys) <= set(by_key), sorted(by_key)
