@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.errors import OnboardError
-from flows.steps import LayoutPlan
+from builders.targets import TargetLayout
 from onramp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def _pool_state() -> tuple[bool, bool, set[str]]:
     return run_coro_as_sync(read())
 
 
-def build_on_gpu_pool(layout: LayoutPlan, repo: str, sha: str, settings: Settings, *,
+def build_on_gpu_pool(layout: TargetLayout, repo: str, sha: str, settings: Settings, *,
                       timeout: float) -> Path | None:
     """Build ``layout`` of ``repo@sha`` as a ``build-layout`` run on the gpu pool and return the
     engine, fetched through the registry; None when there is no such deployment (build in-process)."""
