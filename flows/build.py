@@ -17,6 +17,8 @@ from flows import steps
 from builders.targets import TargetLayout, build_target
 from onramp.settings import load_settings
 
+__all__ = ["build_layout"]
+
 
 @flow(name="build-layout", flow_run_name="build {repo}@{revision} {layout.key}")
 def build_layout(repo: str, revision: str, layout: TargetLayout) -> dict:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+__all__ = ["register"]
+
 
 def _print_result(result) -> None:
     typer.echo(f"{result.repo}@{result.sha[:12]}: {result.message}")

@@ -23,6 +23,9 @@ from flows.errors import OnboardError
 from builders.targets import TargetLayout
 from onramp.settings import Settings
 
+__all__ = ["FLOW_RUN_TAG", "PENDING", "build_layout_deployment", "build_on_gpu_pool", "publish_build",
+           "fetch_published"]
+
 log = logging.getLogger(__name__)
 
 FLOW_RUN_TAG = "build_flow_run"  # model-version tag: the build-layout flow run that published it

@@ -29,6 +29,9 @@ from flows.events import Revision, emit_revision_event
 from onramp.files import write_text_atomic
 from onramp.settings import Settings
 
+__all__ = ["BRANCH", "WatchList", "state_path", "load_seen", "mark_seen", "hub_org_lister", "mirror_org_lister",
+           "find_new_revisions", "poll_hub", "emit_revision", "watch"]
+
 log = logging.getLogger(__name__)
 
 BRANCH = "main"

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+__all__ = ["register", "serve"]
+
 keys_app = typer.Typer(help="API keys of the server (stored hashed in the keys file).", no_args_is_help=True)
 
 
