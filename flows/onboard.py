@@ -181,12 +181,11 @@ def onboard(config: OnboardConfig) -> OnboardResult:
         failures = "; ".join(f"{o.key}: {o.reason}" for o in result.layouts if o.status == "failed")
         raise OnboardError(f"no layout of {config.repo}@{sha[:12]} could be built ({failures[:500] or 'none'})",
                            "see the layouts table artifact; try other --targets")
-    # (issue 12's tune-<layout> task goes here: one call per build, before it is evaluated)
     production = production_metrics_task(settings, result.model)
     evals: dict[str, EvalResult] = {}
     gates: dict[str, GateResult] = {}
     for o in built:
-        try:
+        try:  # (issue 12's tune-<layout> task goes first here: one call per build)
             evaluated = evaluate_task(o, checkpoint, config.profile, config.latency, settings)
             ab = latency_ab_task(o, result.model, config.profile, settings) if config.latency else None
         except Exception as exc:  # noqa: BLE001 (one layout's eval failure does not stop the others)
