@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from onramp.errors import MirrorError
+from onramp.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,8 @@ def _store_lfs(repo: Path, src: Path, pointer: Path) -> None:
     oid = digest.hexdigest()
     obj = repo / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
     if not obj.exists():
-        obj.parent.mkdir(parents=True, exist_ok=True)
-        tmp = obj.with_name(obj.name + ".tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, obj)
+        with atomic_path(obj) as tmp:
+            shutil.copyfile(src, tmp)
     pointer.write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {src.stat().st_size}\n")
 
 
