@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from onramp.errors import MirrorError
-from onramp.files import atomic_path
+from onramp.files import atomic_path, write_text_atomic
 from onramp.process import Child, ChildExited, ChildTimeout, any_answer, port_in_use, start_child
 
 log = logging.getLogger(__name__)
@@ -134,9 +134,9 @@ def ensure_olah(venv: Path) -> Path:
 
 
 def write_config(path: Path, *, host: str, port: int, mirror_dir: Path, work_dir: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     (mirror_dir / "models").mkdir(parents=True, exist_ok=True)
-    path.write_text(
+    return write_text_atomic(
+        path,
         "[basic]\n"
         f'host = "{host}"\n'
         f"port = {port}\n"
@@ -146,9 +146,8 @@ def write_config(path: Path, *, host: str, port: int, mirror_dir: Path, work_dir
         f'mirrors-path = ["{mirror_dir}"]\n'
         "metadata-cache-ttl = 0\n"
         "\n[accessibility]\n"
-        "offline = true\n"
+        "offline = true\n",
     )
-    return path
 
 
 class MirrorServer:

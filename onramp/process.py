@@ -29,8 +29,8 @@ from pathlib import Path
 
 from onramp.errors import OnrampError
 
-__all__ = ["Child", "ChildExited", "ChildStartError", "ChildTimeout", "free_port", "port_in_use", "start_child",
-           "stop_children", "wait_healthy"]
+__all__ = ["Child", "ChildExited", "ChildStartError", "ChildTimeout", "any_answer", "answers", "below_500",
+           "free_port", "ok_200", "port_in_use", "start_child", "stop_children", "wait_healthy"]
 
 log = logging.getLogger(__name__)
 
