@@ -270,8 +270,8 @@ def run_stage(engine_dir: Path, configs: dict[str, dict], load: TuneLoad, *, min
     return out
 
 
-def _compare(stage: str, label: str, runtime: dict, samples: list[dict], base: list[dict], slo_ttft_s: float | None,
-             slo_decode_tok_s: float | None, knob: str | None = None, value: Any = None) -> Measured:
+def _compare(stage: str, label: str, runtime: dict, samples: list[dict], base: list[dict], slos: dict[str, Any],
+             knob: str | None = None, value: Any = None) -> Measured:
     from evals.latency_ab import ratio_interval
 
     def med(metric, rows):
@@ -289,11 +289,12 @@ def _compare(stage: str, label: str, runtime: dict, samples: list[dict], base: l
                  decode_tok_s=med("decode_tok_s", samples), errors=int(sum(s["errors"] for s in samples)),
                  output_ratio=geo, output_ratio_lo=lo, output_ratio_hi=hi, ttft_ratio=ttft, decode_ratio=decode)
     misses = []
-    if m.errors:
+    slo_ttft_s, slo_decode_tok_s = slos["ttft_s"], slos["decode_tok_s"]
+    if m.errors or geo is None:
         misses.append(f"{m.errors} errors")
-    if ttft is not None and ttft > TTFT_TOLERANCE:
+    if ttft is not None and ttft > slos["ttft_tolerance"]:
         misses.append(f"TTFT x{ttft:.2f}")
-    if decode is not None and decode < DECODE_TOLERANCE:
+    if decode is not None and decode < slos["decode_tolerance"]:
         misses.append(f"decode x{decode:.2f}")
     if slo_ttft_s is not None and (m.ttft_s is None or m.ttft_s > slo_ttft_s):
         misses.append(f"TTFT > {slo_ttft_s:g} s")
@@ -305,10 +306,12 @@ def _compare(stage: str, label: str, runtime: dict, samples: list[dict], base: l
 
 def tune(engine_dir: Path | str, *, budget_s: float = 120.0, knobs: list[str] | None = None,
          load: TuneLoad | None = None, min_gain: float = 0.02, slo_ttft_s: float | None = None,
-         slo_decode_tok_s: float | None = None, write: bool = True, out_dir: Path | None = None,
+         slo_decode_tok_s: float | None = None, ttft_tolerance: float = TTFT_TOLERANCE,
+         decode_tolerance: float = DECODE_TOLERANCE, write: bool = True, out_dir: Path | None = None,
          cores: int | None = None, progress: Callable[[str], None] | None = None) -> TuneReport:
-    """Measure the candidates, keep the best that beats the untuned runtime side by side, write it
-    into the manifest (unless ``write=False``); report, table and plot into ``out_dir``."""
+    """Measure the candidates, keep the best that beats the untuned runtime side by side (output
+    tok/s ratio >= ``1 + min_gain``, SLOs met), write it into the manifest (unless ``write=False``);
+    report, table and plot into ``out_dir``."""
     import socket
 
     from builders.manifest import MANIFEST, read_manifest
@@ -323,6 +326,8 @@ def tune(engine_dir: Path | str, *, budget_s: float = 120.0, knobs: list[str] | 
     unknown = sorted(set(knobs or ()) - set(KNOBS))
     if unknown:
         raise BenchError(f"unknown knob(s) {', '.join(unknown)}", f"pick from {', '.join(KNOBS)}")
+    slos = {"ttft_s": slo_ttft_s, "decode_tok_s": slo_decode_tok_s, "ttft_tolerance": ttft_tolerance,
+            "decode_tolerance": decode_tolerance}
     started = time.monotonic()
     deadline = started + budget_s
     defaults = manifest.runtime.model_dump()
@@ -348,9 +353,9 @@ def tune(engine_dir: Path | str, *, budget_s: float = 120.0, knobs: list[str] | 
                                      runtime=configs[label], note="not measured (budget)"))
                 continue
             rows.append(_compare("screening", f"{knob}={value}", configs[label], samples[label], samples["c0"],
-                                 slo_ttft_s, slo_decode_tok_s, knob, value))
+                                 slos, knob, value))
         for knob in space:
-            ok = [m for m in rows if m.knob == knob and m.meets_slo and (m.output_ratio or 0) >= 1 + min_gain]
+            ok = [m for m in rows if m.knob == knob and m.meets_slo and m.output_ratio >= 1 + min_gain]
             if ok:
                 winners.append(max(ok, key=lambda m: m.output_ratio))
     final = {"untuned": defaults}
@@ -369,9 +374,9 @@ def tune(engine_dir: Path | str, *, budget_s: float = 120.0, knobs: list[str] | 
         samples = run_stage(engine_dir, final, load, min_rounds=2, max_rounds=6, deadline=deadline,
                             log_dir=log_dir, progress=say)
         confirmed = [_compare("confirmation", f"{k}: {describe(v, defaults)}", v, samples[k], samples["untuned"],
-                              slo_ttft_s, slo_decode_tok_s) for k, v in final.items() if k != "untuned"]
+                              slos) for k, v in final.items() if k != "untuned"]
         rows += confirmed
-        good = [m for m in confirmed if m.meets_slo and (m.output_ratio or 0) > 1]
+        good = [m for m in confirmed if m.meets_slo and m.output_ratio >= 1 + min_gain]
         if good:
             pick = max(good, key=lambda m: m.output_ratio)
             chosen, ratio = pick.runtime, (pick.output_ratio, pick.output_ratio_lo, pick.output_ratio_hi)
