@@ -307,8 +307,9 @@ def _compare(stage: str, label: str, runtime: dict, samples: list[dict], base: l
 def tune(engine_dir: Path | str, *, budget_s: float = 120.0, knobs: list[str] | None = None,
          load: TuneLoad | None = None, min_gain: float = 0.02, slo_ttft_s: float | None = None,
          slo_decode_tok_s: float | None = None, ttft_tolerance: float = TTFT_TOLERANCE,
-         decode_tolerance: float = DECODE_TOLERANCE, write: bool = True, out_dir: Path | None = None,
-         cores: int | None = None, progress: Callable[[str], None] | None = None) -> TuneReport:
+         decode_tolerance: float = DECODE_TOLERANCE, max_rounds: int = 6, write: bool = True,
+         out_dir: Path | None = None, cores: int | None = None,
+         progress: Callable[[str], None] | None = None) -> TuneReport:
     """Measure the candidates, keep the best that beats the untuned runtime side by side (output
     tok/s ratio >= ``1 + min_gain``, SLOs met), write it into the manifest (unless ``write=False``);
     report, table and plot into ``out_dir``."""
@@ -345,7 +346,7 @@ def tune(engine_dir: Path | str, *, budget_s: float = 120.0, knobs: list[str] | 
     if len(configs) > 1:
         say(f"screening {len(configs) - 1} candidates against the current runtime: "
             + ", ".join(f"{k}={v}" for k, v in meta.values()))
-        samples = run_stage(engine_dir, configs, load, min_rounds=1, max_rounds=3,
+        samples = run_stage(engine_dir, configs, load, min_rounds=1, max_rounds=min(3, max_rounds),
                             deadline=started + 0.55 * budget_s, log_dir=log_dir, progress=say)
         for label, (knob, value) in meta.items():
             if not samples[label]:
@@ -371,7 +372,7 @@ def tune(engine_dir: Path | str, *, budget_s: float = 120.0, knobs: list[str] | 
     if len(final) > 1:
         say("confirming against the untuned runtime: " + "; ".join(
             f"{k}: {describe(v, defaults)}" for k, v in final.items() if k != "untuned"))
-        samples = run_stage(engine_dir, final, load, min_rounds=2, max_rounds=6, deadline=deadline,
+        samples = run_stage(engine_dir, final, load, min_rounds=2, max_rounds=max(2, max_rounds), deadline=deadline,
                             log_dir=log_dir, progress=say)
         confirmed = [_compare("confirmation", f"{k}: {describe(v, defaults)}", v, samples[k], samples["untuned"],
                               slos) for k, v in final.items() if k != "untuned"]
