@@ -440,3 +440,44 @@ def plot_report(report: TuneReport, path: Path) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+BUDGET_ENV = "ONRAMP_TUNE_BUDGET_S"
+
+
+def tune_build(engine_dir: Path | str, settings, *, registry=None, budget_s: float | None = None
+               ) -> TuneReport | None:
+    """The pipeline's tune step: tune a fresh OpenVINO build once per (build, host) within
+    ``ONRAMP_TUNE_BUDGET_S`` (default 120; 0: off), keep the report under
+    ``$ONRAMP_HOME/evals/tune/`` and, with a registry, in an MLflow run of its own (table, plot).
+    None when off or not an OpenVINO engine; the saved report when this host tuned it already."""
+    import socket
+
+    from builders.manifest import read_manifest
+
+    budget_s = float(os.environ.get(BUDGET_ENV) or 120) if budget_s is None else budget_s
+    manifest = read_manifest(Path(engine_dir))
+    if budget_s <= 0 or manifest.backend != "openvino":
+        return None
+    out_dir = Path(settings.home) / "evals" / "tune" / f"{manifest.build_id[:16]}-{socket.gethostname()}"
+    if (out_dir / "tune.json").is_file():
+        saved = TuneReport.model_validate_json((out_dir / "tune.json").read_text())
+        if saved.chosen == manifest.runtime.model_dump():
+            return saved
+    report = tune(engine_dir, budget_s=budget_s, out_dir=out_dir)
+    if registry is not None:
+        log_to_mlflow(registry, report, manifest.name, manifest.build_id, out_dir)
+    return report
+
+
+def log_to_mlflow(registry, report: TuneReport, name: str, build_id: str, out_dir: Path) -> str:
+    """An MLflow run ``tune NAME BUILD`` (kind ``tune``) with the ratio, the table and the report files."""
+    run = registry.start_run(f"tune {name} {build_id[:12]}", params={
+        "build_id": build_id, "budget_s": report.budget_s,
+        "chosen": describe(report.chosen, report.defaults) or "untuned"}, tags={"onramp.kind": "tune",
+                                                                                 "host": report.host})
+    run.log_metrics({"tune_output_tok_s_ratio": report.ratio, "tune_seconds": report.seconds})
+    run.log_dict({"table": report.table()}, "tune/table.json")
+    run.log_artifact(out_dir, "tune")
+    run.end("FINISHED")
+    return run.run_id

@@ -88,6 +88,23 @@ def test_tune_writes_a_candidate_config_and_the_server_loads_it(engine, ov_int8_
     assert (f"INFERENCE_NUM_THREADS={threads}" in line) == (threads is not None)
     assert f"dynamic_split_fuse={sched['dynamic_split_fuse']}" in line
 
+    # the pipeline's step: off with a zero budget, the saved report when this host tuned the build
+    # already, and the table and plot in MLflow
+    import socket
+
+    from evals.tune import log_to_mlflow, tune_build
+    from onramp.settings import load_settings
+    from registry.client import Registry
+
+    settings = load_settings()
+    assert tune_build(engine, settings, budget_s=0) is None
+    save_report(report, settings.home / "evals" / "tune" / f"{after.build_id[:16]}-{socket.gethostname()}")
+    assert tune_build(engine, settings, budget_s=60).chosen == report.chosen  # cached: nothing measured
+    registry = Registry(settings)
+    run_id = log_to_mlflow(registry, report, after.name, after.build_id, out)
+    files = {f.path for f in registry.client.list_artifacts(run_id, "tune")}
+    assert {"tune/tune.png", "tune/tune.json", "tune/tune.md", "tune/table.json"} <= files
+
 
 def test_save_report_writes_a_plot_for_rows_without_ratios(engine, tmp_path):
     from evals.tune import Measured, TuneReport
