@@ -445,11 +445,11 @@ def plot_report(report: TuneReport, path: Path) -> Path:
 BUDGET_ENV = "ONRAMP_TUNE_BUDGET_S"
 
 
-def tune_build(engine_dir: Path | str, settings, *, registry=None, budget_s: float | None = None
+def tune_build(engine_dir: Path | str, settings, *, record: bool = True, budget_s: float | None = None
                ) -> TuneReport | None:
     """The pipeline's tune step: tune a fresh OpenVINO build once per (build, host) within
     ``ONRAMP_TUNE_BUDGET_S`` (default 120; 0: off), keep the report under
-    ``$ONRAMP_HOME/evals/tune/`` and, with a registry, in an MLflow run of its own (table, plot).
+    ``$ONRAMP_HOME/evals/tune/`` and (``record``) in an MLflow run of its own (table, plot).
     None when off or not an OpenVINO engine; the saved report when this host tuned it already."""
     import socket
 
@@ -465,8 +465,10 @@ def tune_build(engine_dir: Path | str, settings, *, registry=None, budget_s: flo
         if saved.chosen == manifest.runtime.model_dump():
             return saved
     report = tune(engine_dir, budget_s=budget_s, out_dir=out_dir)
-    if registry is not None:
-        log_to_mlflow(registry, report, manifest.name, manifest.build_id, out_dir)
+    if record:
+        from registry.client import Registry
+
+        log_to_mlflow(Registry(settings), report, manifest.name, manifest.build_id, out_dir)
     return report
 
 

@@ -162,10 +162,9 @@ def tune_task(engine_dir: Path, settings: Settings, enabled: bool, layout_key: s
     """evals.tune on this machine (ONRAMP_TUNE_BUDGET_S; with latency on): the tuning table and plot
     as artifacts; a failed tuning leaves the build's runtime as it was built."""
     from evals.tune import tune_build
-    from registry.client import Registry
 
     try:
-        report = tune_build(engine_dir, settings, registry=Registry(settings)) if enabled else None
+        report = tune_build(engine_dir, settings) if enabled else None
     except Exception as exc:  # noqa: BLE001 (tuning is an optimisation, never a reason to stop)
         get_run_logger().warning("tuning %s failed; its runtime stays as built: %s", layout_key, exc)
         return
