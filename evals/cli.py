@@ -94,7 +94,7 @@ def bench_command(
 
 def tune_command(
     engine_dir: Path = typer.Argument(..., help="An OpenVINO engine directory (made by onramp build)."),
-    budget_s: float = typer.Option(120.0, "--budget-s", help="Time to spend measuring (s, about)."),
+    budget_s: float = typer.Option(120.0, "--budget-s", help="Measuring time (s, about; server starts on top)."),
     knobs: str | None = typer.Option(None, "--knobs", help="Comma-separated subset of: threads, "
                                      "max_num_batched_tokens, dynamic_split_fuse, prefix_caching, cache_size."),
     rate: float = typer.Option(8.0, "--rate", help="Poisson request rate of each measurement (req/s)."),

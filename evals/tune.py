@@ -245,9 +245,9 @@ def _measure(url: str, key: str, label: str, load: TuneLoad, round_index: int) -
 
 
 def run_stage(engine_dir: Path, configs: dict[str, dict], load: TuneLoad, *, min_rounds: int, max_rounds: int,
-              deadline: float, log_dir: Path, progress: Callable[[str], None]) -> dict[str, list[dict]]:
-    """Rounds over every configuration (first one: the baseline) until ``deadline`` (at least
-    ``min_rounds``): per label, one dict of numbers per round."""
+              budget_s: float, log_dir: Path, progress: Callable[[str], None]) -> dict[str, list[dict]]:
+    """Rounds over every configuration (first one: the baseline) for ``budget_s`` of measuring once
+    the server is up (at least ``min_rounds``): per label, one dict of numbers per round."""
     labels = list(configs)
     out: dict[str, list[dict]] = {label: [] for label in labels}
     t0 = time.monotonic()
@@ -255,6 +255,7 @@ def run_stage(engine_dir: Path, configs: dict[str, dict], load: TuneLoad, *, min
         progress(f"  server with {len(labels)} engine copies ready in {time.monotonic() - t0:.0f} s")
         for label in labels:  # warm-up: first requests compile and allocate
             _measure(url, key, label, load.model_copy(update={"requests": 1, "output_tokens": 4}), 999)
+        deadline = time.monotonic() + budget_s
         for r in range(max_rounds):
             started = time.monotonic()
             order = labels[r % len(labels):] + labels[:r % len(labels)]
@@ -330,7 +331,6 @@ def tune(engine_dir: Path | str, *, budget_s: float = 120.0, knobs: list[str] | 
     slos = {"ttft_s": slo_ttft_s, "decode_tok_s": slo_decode_tok_s, "ttft_tolerance": ttft_tolerance,
             "decode_tolerance": decode_tolerance}
     started = time.monotonic()
-    deadline = started + budget_s
     defaults = manifest.runtime.model_dump()
     space = {k: v for k, v in candidate_values(engine_dir, defaults, cores=cores).items()
              if v and (not knobs or k in knobs)}
@@ -347,7 +347,7 @@ def tune(engine_dir: Path | str, *, budget_s: float = 120.0, knobs: list[str] | 
         say(f"screening {len(configs) - 1} candidates against the current runtime: "
             + ", ".join(f"{k}={v}" for k, v in meta.values()))
         samples = run_stage(engine_dir, configs, load, min_rounds=1, max_rounds=min(3, max_rounds),
-                            deadline=started + 0.55 * budget_s, log_dir=log_dir, progress=say)
+                            budget_s=0.5 * budget_s, log_dir=log_dir, progress=say)
         for label, (knob, value) in meta.items():
             if not samples[label]:
                 rows.append(Measured(stage="screening", label=f"{knob}={value}", knob=knob, value=value,
@@ -372,8 +372,8 @@ def tune(engine_dir: Path | str, *, budget_s: float = 120.0, knobs: list[str] | 
     if len(final) > 1:
         say("confirming against the untuned runtime: " + "; ".join(
             f"{k}: {describe(v, defaults)}" for k, v in final.items() if k != "untuned"))
-        samples = run_stage(engine_dir, final, load, min_rounds=2, max_rounds=max(2, max_rounds), deadline=deadline,
-                            log_dir=log_dir, progress=say)
+        samples = run_stage(engine_dir, final, load, min_rounds=2, max_rounds=max(2, max_rounds),
+                            budget_s=0.5 * budget_s, log_dir=log_dir, progress=say)
         confirmed = [_compare("confirmation", f"{k}: {describe(v, defaults)}", v, samples[k], samples["untuned"],
                               slos) for k, v in final.items() if k != "untuned"]
         rows += confirmed
