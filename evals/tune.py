@@ -430,9 +430,9 @@ def plot_report(report: TuneReport, path: Path) -> Path:
         if m.output_ratio_lo is not None:
             ax.plot([m.output_ratio_lo, m.output_ratio_hi], [y, y], color="black", lw=1)
     ax.axvline(1.0, color="black", lw=0.8)
-    ax.set_yticks(list(ys), [f"{m.stage[:6]}: {m.label}"[:60] for m in rows], fontsize=7)
+    ax.set_yticks(list(ys), [f"{m.stage}: {m.label}"[:60] for m in rows], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("output tok/s vs baseline (geo-mean of paired rounds; green: kept-able, red: SLO missed)")
+    ax.set_xlabel("output tok/s / baseline (paired rounds, geo-mean; red: SLO missed)", fontsize=8)
     ax.set_title(f"tuning {Path(report.engine_dir).name[:50]}", fontsize=9)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
