@@ -1,6 +1,6 @@
 """The onboard flow: one run per (repo, revision), from a Hub revision to the served model.
 
-    pull -> plan -> build (one task per layout, concurrently) -> evaluate -> latency A/B vs production
+    pull -> plan -> build (one task per layout, concurrently) -> tune -> evaluate -> latency A/B vs production
          -> gate -> register -> [approval] -> promote -> serving swaps
 
 Tasks are thin: each calls one plain function of the package that owns the step
@@ -126,6 +126,25 @@ def evaluate_task(layout: LayoutOutcome, reference_dir: Path, profile: str, late
     return evaluate_build(Path(layout.engine_dir), reference_dir, profile, settings, latency=latency)
 
 
+@task(name="tune", task_run_name="tune-{layout_key}")
+def tune_task(engine_dir: Path, settings: Settings, enabled: bool, layout_key: str) -> None:
+    """evals.tune on this machine (ONRAMP_TUNE_BUDGET_S; with latency on): the tuning table and plot
+    as artifacts; a failed tuning leaves the build's runtime as it was built."""
+    from evals.tune import tune_build
+
+    try:
+        tuned = tune_build(engine_dir, settings) if enabled else None
+    except Exception as exc:  # noqa: BLE001 (tuning is an optimisation, never a reason to stop)
+        get_run_logger().warning("tuning %s failed; its runtime stays as built: %s", layout_key, exc)
+        return
+    if tuned is not None:
+        key = f"{report.slug(engine_dir.name.split('--')[0])}-tune-{report.slug(layout_key)}"
+        create_table_artifact(key=key, table=tuned.table(), description=tuned.summary())
+        png = Path(tuned.plot).read_bytes() if tuned.plot else b""
+        create_markdown_artifact(key=f"{key}-plot", markdown=report.tune_markdown(png, tuned.to_markdown()),
+                                 description=tuned.summary())
+
+
 @task(name="latency-ab", task_run_name="latency-ab-{layout.key}")
 def latency_ab_task(layout: LayoutOutcome, model: str, profile: str, settings: Settings) -> ABOutcome:
     from registry.client import Registry
@@ -185,7 +204,8 @@ def onboard(config: OnboardConfig) -> OnboardResult:
     evals: dict[str, EvalResult] = {}
     gates: dict[str, GateResult] = {}
     for o in built:
-        try:  # (issue 12's tune-<layout> task goes first here: one call per build)
+        try:
+            tune_task(Path(o.engine_dir), settings, config.latency, layout_key=o.key)
             evaluated = evaluate_task(o, checkpoint, config.profile, config.latency, settings)
             ab = latency_ab_task(o, result.model, config.profile, settings) if config.latency else None
         except Exception as exc:  # noqa: BLE001 (one layout's eval failure does not stop the others)

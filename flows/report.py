@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["LayoutOutcome", "OnboardResult", "slug", "layout_rows", "eval_markdown", "plot_markdown",
-           "result_markdown", "not_promoted_markdown", "tracking_links", "first_line"]
+           "tune_markdown", "result_markdown", "not_promoted_markdown", "tracking_links", "first_line"]
 
 
 class LayoutOutcome(BaseModel):
@@ -89,6 +89,11 @@ def eval_markdown(repo: str, sha: str, evals: dict[str, Any], gates: dict[str, A
 def plot_markdown(png: bytes) -> str:
     """A PNG inlined as a data URL (the Prefect UI shows markdown artifacts, not files)."""
     return f"# Latency\n\n![latency](data:image/png;base64,{base64.b64encode(png).decode()})\n"
+
+
+def tune_markdown(png: bytes, report_md: str) -> str:
+    """The tuning plot (inlined; empty without one) above the tuner's own report."""
+    return f"# Tuning\n\n![tuning](data:image/png;base64,{base64.b64encode(png).decode()})\n\n{report_md}"
 
 
 def result_markdown(result: OnboardResult) -> str:

@@ -172,7 +172,10 @@ class OpenVINOEngine:
         except Exception as exc:
             raise EngineLoadError(f"OpenVINO could not load the engine in {self.engine_dir}: {exc}",
                                   "check that `onramp build --backend openvino` made it and it is complete") from None
-        log.info("engine %s loaded with %s", name, ", ".join(f"{k}={v}" for k, v in self.properties.items()))
+        self.scheduler = {k: v for k, v in sched_fields.items() if v is not None}  # as loaded (the tuner checks)
+        log.info("engine %s loaded with %s; scheduler %s", name,
+                 ", ".join(f"{k}={v}" for k, v in self.properties.items()),
+                 ", ".join(f"{k}={v}" for k, v in self.scheduler.items()))
         self._eos = self._ov_tokenizer.get_eos_token_id()
         template_file = self.engine_dir / "chat_template.jinja"
         self._chat_template = template_file.read_text() if template_file.is_file() else ""
