@@ -98,20 +98,21 @@ def tune_command(
 ) -> None:
     """Measure runtime settings of ENGINE_DIR on this machine and write the fastest that meets the SLOs
     (and beats the untuned runtime side by side) into its manifest."""
-    from onramp.cli import fail
+    from evals.errors import EvalError
+    from evals.tune import TuneLoad, tune
     from onramp.errors import OnrampError
 
     try:
-        from evals.tune import TuneLoad, tune
-
         load = TuneLoad(rate=rate, requests=requests, input_tokens=input_tokens, output_tokens=output_tokens)
         report = tune(engine_dir, budget_s=budget_s, knobs=[k.strip() for k in knobs.split(",") if k.strip()]
                       if knobs else None, load=load, slo_ttft_s=slo_ttft_s, slo_decode_tok_s=slo_decode,
                       write=write, out_dir=out, progress=lambda msg: typer.secho(msg, err=True))
-    except OnrampError as err:
-        fail(err)
-    except ValueError as err:  # pydantic: a load option out of range
-        fail(f"bad tuning option: {str(err).splitlines()[-1]}")
+    except ValueError as err:  # pydantic: a load option out of range (an OnrampError goes to the root CLI)
+        if isinstance(err, OnrampError):
+            raise
+        first = err.errors()[0] if hasattr(err, "errors") else {"loc": (), "msg": str(err)}
+        raise EvalError(f"bad tuning option {'.'.join(map(str, first['loc']))}: {first['msg']}",
+                        "see onramp tune --help") from None
     typer.echo(json.dumps(report.model_dump(mode="json"), indent=2) if as_json else report.to_markdown())
 
 
