@@ -24,7 +24,8 @@ from serving.detok import IncrementalDetokenizer
 from serving.engine import Delta, EngineInfo, GenerationRequest, TokenLogprob
 from serving.engines.ov_config import generation_config_kwargs, structured_output_config
 from serving.engines.ov_loop import StepLoop, _Choice, _merge, _Req
-from serving.errors import BackendUnavailable, ContextLengthError, EngineLoadError, RequestError
+from serving.errors import BackendUnavailable, EngineLoadError, RequestError
+from serving.prompting import prepare_prompt, render_chat
 from serving.scoring import Scorer, Tracker
 
 log = logging.getLogger(__name__)
@@ -150,22 +151,13 @@ class OpenVINOEngine(StepLoop):
         return self._ov_tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def render_chat(self, messages, tools: list[dict] | None = None) -> str:
-        if not self._chat_template:
-            raise RequestError(f"model '{self._info.name}' has no chat template, so it cannot take messages",
-                               param="messages", code="no_chat_template")
-        from serving.tools import chat_history
+        return render_chat(self._apply_template, self._chat_template, messages, tools, model=self._info.name)
 
-        history, template_tools = chat_history(list(messages), tools, self._chat_template)
-        try:
-            if template_tools:
-                return self._ov_tokenizer.apply_chat_template(history, add_generation_prompt=True,
-                                                              chat_template=self._chat_template, tools=template_tools)
+    def _apply_template(self, history: list[dict], template: str, tools: list[dict] | None) -> str:
+        if tools:
             return self._ov_tokenizer.apply_chat_template(history, add_generation_prompt=True,
-                                                          chat_template=self._chat_template)
-        except Exception as exc:  # noqa: BLE001 - the template itself refused the conversation
-            raise RequestError(f"the model's chat template cannot render these messages: "
-                               f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}",
-                               param="messages", code="invalid_messages") from None
+                                                          chat_template=template, tools=tools)
+        return self._ov_tokenizer.apply_chat_template(history, add_generation_prompt=True, chat_template=template)
 
     def _vocab_size(self) -> int:
         if self._hf_tokenizer is not None:
@@ -185,33 +177,8 @@ class OpenVINOEngine(StepLoop):
         return len(self._encode(text))
 
     def _prepare(self, request: GenerationRequest) -> tuple[list[int], int]:
-        if request.prompt_ids is not None:
-            ids, param = list(request.prompt_ids), "prompt"
-            vocab = self._vocab_size()
-            if any(not 0 <= i < vocab for i in ids):
-                raise RequestError(f"the prompt's token ids must be in [0, {vocab})", param="prompt")
-        elif request.messages is not None:
-            ids, param = self._encode(self.render_chat(request.messages, request.tools)), "messages"
-        else:
-            ids, param = self._encode(request.prompt or ""), "prompt"
-        if not ids:
-            raise RequestError(f"the {param} is empty", param=param)
-        limit = self._info.max_context
-        max_tokens = request.sampling.max_tokens
-        if len(ids) >= limit:
-            raise ContextLengthError(
-                f"This model's maximum context length is {limit} tokens; the {param} alone has {len(ids)}. "
-                f"Shorten the {param}.", param=param)
-        if max_tokens is None:
-            max_tokens = limit - len(ids)
-            if request.sampling.max_tokens_default:
-                max_tokens = min(max_tokens, request.sampling.max_tokens_default)
-        elif len(ids) + max_tokens > limit:
-            raise ContextLengthError(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{len(ids) + max_tokens} tokens ({len(ids)} in the {param}, {max_tokens} for the completion). "
-                f"Lower max_tokens to at most {limit - len(ids)} or shorten the {param}.")
-        return ids, max_tokens
+        return prepare_prompt(request, encode=self._encode, render=self.render_chat, vocab_size=self._vocab_size(),
+                              max_context=self._info.max_context)
 
     # ------------------------------------------------------------------ the protocol
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
