@@ -26,7 +26,7 @@ from serving.engines.ov_config import generation_config_kwargs, structured_outpu
 from serving.engines.ov_loop import StepLoop, _Choice, _merge, _Req
 from serving.errors import BackendUnavailable, EngineLoadError, RequestError
 from serving.prompting import prepare_prompt, render_chat
-from serving.scoring import Scorer, Tracker
+from serving.engines.ov_scoring import Scorer, Tracker
 
 log = logging.getLogger(__name__)
 
