@@ -24,9 +24,9 @@ from serving.detok import IncrementalDetokenizer
 from serving.engine import Delta, EngineInfo, GenerationRequest, TokenLogprob
 from serving.engines.ov_config import generation_config_kwargs, structured_output_config
 from serving.engines.ov_loop import StepLoop, _Choice, _merge, _Req
+from serving.engines.ov_scoring import Scorer, Tracker
 from serving.errors import BackendUnavailable, EngineLoadError, RequestError
 from serving.prompting import prepare_prompt, render_chat
-from serving.engines.ov_scoring import Scorer, Tracker
 
 log = logging.getLogger(__name__)
 
