@@ -139,6 +139,10 @@ class TRTLLMEngine:
         kwargs = llm_kwargs(self.engine_dir, manifest) | {k: v for k, v in options.items() if k == "kv_cache_config"}
         self._llm = LLM(**kwargs)
         self._tokenizer = self._llm.tokenizer
+        template_file = self.engine_dir / "chat_template.jinja"
+        inner = getattr(self._tokenizer, "tokenizer", None)  # TensorRT-LLM wraps the transformers tokenizer
+        self._chat_template = template_file.read_text() if template_file.is_file() else str(
+            getattr(self._tokenizer, "chat_template", None) or getattr(inner, "chat_template", None) or "")
         layout = getattr(manifest, "layout", None)
         self._info = EngineInfo(
             name=name, backend=self.backend, version=str(getattr(manifest, "build_id", ""))[:12],
@@ -162,8 +166,7 @@ class TRTLLMEngine:
                                                    chat_template=template, **extra)
 
     def render_chat(self, messages, tools: list[dict] | None = None) -> str:
-        template = str(getattr(self._tokenizer, "chat_template", None) or "")
-        return render_chat(self._apply_template, template, messages, tools, model=self._info.name)
+        return render_chat(self._apply_template, self._chat_template, messages, tools, model=self._info.name)
 
     def _prepare(self, request: GenerationRequest) -> tuple[list[int], int]:
         vocab = len(self._tokenizer) if hasattr(self._tokenizer, "__len__") else 1 << 31
