@@ -20,6 +20,13 @@ log = logging.getLogger("serving.service")
 __all__ = ["chat_chunks", "chat_full", "completion_chunks", "completion_full", "pplx_chunks"]
 
 
+def _feed(choices: list[Choice], d: Delta) -> tuple[Choice, str, list]:
+    """Give a delta to its choice: (the choice, its new content text, its new tool-call deltas)."""
+    c = choices[d.index]
+    pieces = c.feed(d)
+    return c, "".join(p.content for p in pieces if p.content is not None), tool_call_deltas(pieces)
+
+
 async def chat_full(deltas: AsyncIterator[Delta], request_id: str, created: int, model: str, pplx: bool,
                     choices: list[Choice]) -> dict:
     tally = Tally()
@@ -57,10 +64,7 @@ async def chat_chunks(deltas: AsyncIterator[Delta], request_id: str, created: in
             yield chunk(c.index, {"role": "assistant", "content": ""})
         async for d in deltas:
             tally.add(d)
-            c = choices[d.index]
-            pieces = c.feed(d)
-            text = "".join(p.content for p in pieces if p.content is not None)
-            calls = tool_call_deltas(pieces)
+            c, text, calls = _feed(choices, d)
             lps = chat_logprobs(d.logprobs) if d.logprobs else None
             if text or lps:
                 yield chunk(c.index, {"content": text}, None, lps)
@@ -84,10 +88,7 @@ async def pplx_chunks(deltas: AsyncIterator[Delta], request_id: str, created: in
     try:
         async for d in deltas:
             tally.add(d)
-            c = choices[d.index]
-            pieces = c.feed(d)
-            text = "".join(p.content for p in pieces if p.content is not None)
-            calls = tool_call_deltas(pieces)
+            c, text, calls = _feed(choices, d)
             if text or calls or d.finish_reason is not None:
                 delta: dict[str, Any] = {"role": "assistant", "content": text}
                 if calls:
