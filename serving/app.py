@@ -111,31 +111,25 @@ def _model_label(slots: Slots, model: str) -> str:
 def _openai_router() -> APIRouter:
     router = APIRouter()
 
-    @router.post("/v1/chat/completions", dependencies=[require_user],
-                 responses=generation_responses(ChatCompletionResponse))
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
+    async def generate(request: Request, body, work: Callable[[OpenAIService], Awaitable]) -> Response:
         request.state.model = _model_label(request.app.state.slots, body.model)
         service: OpenAIService = request.app.state.service
         route = _route(request, body.user)
-        work = service.chat(body, endpoint="/v1/chat/completions")
-        return _stream_or_json(await _unless_disconnected(request, work), route)
+        return _stream_or_json(await _unless_disconnected(request, work(service)), route)
+
+    @router.post("/v1/chat/completions", dependencies=[require_user],
+                 responses=generation_responses(ChatCompletionResponse))
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        return await generate(request, body, lambda s: s.chat(body, endpoint="/v1/chat/completions"))
 
     @router.post("/chat/completions", dependencies=[require_user],
                  responses=generation_responses(ChatCompletionResponse))
     async def pplx_chat_completions(body: ChatCompletionRequest, request: Request):
-        request.state.model = _model_label(request.app.state.slots, body.model)
-        service: OpenAIService = request.app.state.service
-        route = _route(request, body.user)
-        work = service.chat(body, endpoint="/chat/completions", pplx=True)
-        return _stream_or_json(await _unless_disconnected(request, work), route)
+        return await generate(request, body, lambda s: s.chat(body, endpoint="/chat/completions", pplx=True))
 
     @router.post("/v1/completions", dependencies=[require_user], responses=generation_responses(CompletionResponse))
     async def completions(body: CompletionRequest, request: Request):
-        request.state.model = _model_label(request.app.state.slots, body.model)
-        service: OpenAIService = request.app.state.service
-        route = _route(request, body.user)
-        work = service.completion(body, endpoint="/v1/completions")
-        return _stream_or_json(await _unless_disconnected(request, work), route)
+        return await generate(request, body, lambda s: s.completion(body, endpoint="/v1/completions"))
 
     def _model_card(live, alias: str | None = None) -> dict:
         info = live.engine.describe()
