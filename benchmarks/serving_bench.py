@@ -295,7 +295,7 @@ def main() -> None:
         raise SystemExit(f"error: --against {args.against} is not a checkout of onramp (it has no onramp/ package)")
     levels = [int(c) for c in args.concurrency.split(",")]
     engine_dir = args.engine or default_engine()
-    from serving.process import free_port
+    from onramp.process import free_port
 
     port = args.port or free_port()
     against_port = free_port() if args.against is not None else 0
