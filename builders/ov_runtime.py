@@ -43,8 +43,8 @@ DEFAULT_PROPERTIES: dict[str, Any] = {
 # recorded properties (a manifest that records its own value wins), so engines built before keep
 # getting it. Pinned inference threads cannot leave a core that the server's event loop, the client
 # or another process is using, and every parallel op of a step then waits for the pinned straggler:
-# unpinned, a decode step of the int8 reference engine took 1.4x less time on this shared 2-core
-# machine (alternating rounds, same tokens).
+# unpinned, the server decoded 1.1-1.5x faster per stream on this shared 2-core machine (c=1..16,
+# alternating rounds, same tokens); TTFT with 16 prompts at once was slower (README, Builders).
 CPU_LOAD_DEFAULTS: dict[str, Any] = {
     "ENABLE_CPU_PINNING": False,
 }
