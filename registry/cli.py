@@ -10,6 +10,8 @@ from dataclasses import asdict
 
 import typer
 
+__all__ = ["register"]
+
 
 def _registry():
     import os
