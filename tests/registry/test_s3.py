@@ -142,7 +142,7 @@ def test_s3_drops_mid_upload_and_the_retry_completes_it(s3, flaky_proxy, make_en
     caplog.set_level(logging.WARNING, logger="registry")
     reg = registry_factory(s3.root, attempts=4, retry_wait=1.0)
     engine = make_engine("flaky", big=BIG)
-    flaky_proxy.fail_after(3 * 1024 * 1024, for_s=1.5)
+    flaky_proxy.cut_after(3 * 1024 * 1024, for_s=1.5, direction="up")
     version = reg.register(engine, gate_passed=True)
     assert flaky_proxy.outages == 1
     assert any("failed (attempt 1/4)" in r.getMessage() for r in caplog.records)
@@ -159,7 +159,7 @@ def test_s3_down_for_good_mid_upload_leaves_nothing_registered(s3, flaky_proxy, 
     # connection cut mid-request can wait out botocore's 60 s read timeout, by which time the
     # store was back and the second attempt rightly succeeded: "DID NOT RAISE" on some hosts.)
     reg = registry_factory(s3.root, attempts=2, retry_wait=0.1)
-    flaky_proxy.fail_after(3 * 1024 * 1024, for_s=None)
+    flaky_proxy.cut_after(3 * 1024 * 1024, for_s=None, direction="up")
     with pytest.raises(ArtifactStoreError) as err:
         reg.register(make_engine("gone", big=BIG), gate_passed=True)
     assert flaky_proxy.fired.is_set() and flaky_proxy.outages == 1  # the fault did fire
