@@ -46,6 +46,17 @@ class FaultProxy:
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
+    @classmethod
+    def to(cls, url: str) -> FaultProxy:
+        """A proxy in front of ``http://127.0.0.1:PORT`` (use it as a context manager)."""
+        return cls(int(url.rsplit(":", 1)[1].split("/", 1)[0]))
+
+    def __enter__(self) -> FaultProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"

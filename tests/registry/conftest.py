@@ -192,16 +192,28 @@ def mlflow_server(moto_s3, mlflow_db_template, tmp_path_factory):
 
 @pytest.fixture
 def flaky_proxy(moto_s3):
-    endpoint, _ = moto_s3
-    proxy = FaultProxy(int(endpoint.rsplit(":", 1)[1]))
-    yield proxy
-    proxy.close()
+    """A :class:`tests.netfaults.FaultProxy` in front of the moto S3 server."""
+    with FaultProxy.to(moto_s3[0]) as proxy:
+        yield proxy
 
 
 @pytest.fixture
 def stall_proxy(mlflow_server):
     """A :class:`tests.netfaults.FaultProxy` in front of the session's ``mlflow server``."""
-    url, _ = mlflow_server
-    proxy = FaultProxy(int(url.rsplit(":", 1)[1]))
-    yield proxy
-    proxy.close()
+    with FaultProxy.to(mlflow_server[0]) as proxy:
+        yield proxy
+
+
+SERVE_FROM_REGISTRY = ["--registry", "--no-auth", "--registry-poll", "1"]  # `onramp serve` arguments
+
+
+@pytest.fixture
+def two_versions(ov_int8_engine, onramp_home):
+    """``(registry, v1, v2)``: the reference engine registered twice, version 1 in production."""
+    from registry.client import Registry
+
+    reg = Registry()
+    v1 = reg.register(ov_int8_engine, gate_passed=True)
+    v2 = reg.register(ov_int8_engine, gate_passed=True)
+    reg.promote("huggingfacetb--smollm2-135m-instruct", v1)
+    return reg, v1, v2
