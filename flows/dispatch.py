@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from flows.errors import OnboardError
 from builders.targets import TargetLayout
@@ -108,7 +107,7 @@ def publish_build(engine_dir: Path, settings: Settings, flow_run_id: str) -> tup
     version = steps.find_version(registry, name, manifest["build_id"])
     if version is None:
         version = registry.register(engine_dir, name=name, gate_passed=False, tags={"gate": PENDING})
-    registry.client.set_model_version_tag(name, version, FLOW_RUN_TAG, flow_run_id)
+    registry.set_version_tag(name, version, FLOW_RUN_TAG, flow_run_id)
     return name, version
 
 
@@ -120,8 +119,7 @@ def fetch_published(settings: Settings, repo: str, flow_run_id: str) -> Path:
 
     registry = Registry(settings)
     name = registered_name(repo, served_name(repo))  # as flows.steps.model_name names the build
-    found: list[Any] = [mv for mv in registry.client.search_model_versions(f"name = '{name}'")
-                        if (mv.tags or {}).get(FLOW_RUN_TAG) == flow_run_id]
+    found = registry.versions_tagged(name, FLOW_RUN_TAG, flow_run_id)
     if not found:
         raise OnboardError(f"build-layout run {flow_run_id} completed but no version of {name} carries its tag "
                            f"{FLOW_RUN_TAG}", "the GPU worker must use the same MLflow registry "

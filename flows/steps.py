@@ -60,23 +60,12 @@ def model_name(manifest: dict[str, Any]) -> str:
 
 def find_version(registry: Any, name: str, build_id: str) -> str | None:
     """The model version already registered for ``build_id``, if any (the idempotency key)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = registry.client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return None
-    found = [mv for mv in versions if (mv.tags or {}).get("build_id") == build_id]
-    return str(max(int(mv.version) for mv in found)) if found else None
+    return registry.find_version(name, build_id)
 
 
 def production_metrics(registry: Any, name: str) -> dict[str, float] | None:
     """The metrics logged for the version at ``production`` (what a candidate must not regress)."""
-    info = registry.get_production(name)
-    if info is None or not info.run_id:
-        return None
-    run = registry.client.get_run(info.run_id)
-    return dict(run.data.metrics) or None
+    return registry.production_metrics(name)
 
 
 def register(registry: Any, engine_dir: Path, *, run_id: str | None, gate_passed: bool,
@@ -86,10 +75,7 @@ def register(registry: Any, engine_dir: Path, *, run_id: str | None, gate_passed
     name, build_id = model_name(manifest), manifest["build_id"]
     existing = find_version(registry, name, build_id)
     if existing is not None:
-        gate_tag = "passed" if gate_passed else "failed"
-        registry.client.set_model_version_tag(name, existing, "gate", gate_tag)
-        if gate_passed:
-            registry.client.set_registered_model_alias(name, "candidate", existing)
+        registry.mark_gate(name, existing, gate_passed)
         return name, existing, False
     version = registry.register(engine_dir, name=name, run_id=run_id, gate_passed=gate_passed, metrics=metrics,
                                 tags=tags)
