@@ -7,10 +7,7 @@ package imports no backend (openvino, tensorrt_llm): backends load lazily by nam
 
 from __future__ import annotations
 
-import importlib
-
-__all__ = ["build_engine", "read_manifest", "verify_files", "write_manifest", "Manifest", "Layout",
-           "inspect_checkpoint", "ModelFacts", "plan", "get_backend", "register_backend"]
+from onramp.lazy import lazy_exports
 
 _WHERE = {
     "build_engine": "builders.build",
@@ -20,9 +17,4 @@ _WHERE = {
     "plan": "builders.planner",
     "get_backend": "builders.backends", "register_backend": "builders.backends",
 }
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'builders' has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _WHERE)

@@ -21,6 +21,7 @@ import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from onramp.files import read_mapping
 from builders.errors import CheckpointError, UnsafeCheckpointError, UnsupportedArchitectureError
 
 # Architectures whose config keys and decoder shape the planner's arithmetic knows, that
@@ -71,13 +72,7 @@ def read_config(checkpoint: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{checkpoint} has no config.json",
                               "pass a Hugging Face checkpoint directory (or a Hub repo id)")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot parse {path}: {exc}", "fix or re-download config.json") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} is not a JSON object", "fix or re-download config.json")
-    return config
+    return read_mapping(path, CheckpointError, "fix or re-download config.json")
 
 
 def check_architecture(config: dict, where: str = "config.json") -> str:

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from builders.errors import ManifestError
-from onramp.files import write_text_atomic
+from onramp.files import read_mapping, write_text_atomic
 
 MANIFEST = "manifest.json"
 SCHEMA = 1
@@ -124,10 +124,7 @@ def read_manifest(root: Path) -> Manifest:
     if not path.is_file():
         raise ManifestError(f"{root} has no {MANIFEST}: it is not a finished engine directory",
                             "build it with `onramp build SOURCE` (or pass the engine directory it printed)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"cannot read {path}: {exc}", "rebuild the engine (onramp build ...)") from None
+    data = read_mapping(path, ManifestError, "rebuild the engine (onramp build ...)")
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:

@@ -6,7 +6,7 @@ no torch or lm-eval).
 
 from __future__ import annotations
 
-import importlib
+from onramp.lazy import lazy_exports
 
 _WHERE = {
     "run_quality": "evals.quality",
@@ -24,10 +24,4 @@ _WHERE = {
     "EvalError": "evals.errors",
     "BenchError": "evals.errors",
 }
-__all__ = list(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _WHERE)

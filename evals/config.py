@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evals.errors import EvalError, ProfileError
+from onramp.files import read_mapping
 
 HERE = Path(__file__).resolve().parent
 PROFILES_FILE = HERE / "profiles.yaml"
@@ -48,13 +49,7 @@ class Profile(BaseModel):
 
 
 def _read_yaml(path: Path, error=EvalError) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise error(f"cannot read {path}: {exc}", "fix the YAML syntax or reinstall onramp") from None
-    if not isinstance(data, dict):
-        raise error(f"{path} does not hold a mapping", "see the shipped evals/ YAML files for the format")
-    return data
+    return read_mapping(path, error, "fix the YAML (see the shipped evals/ YAML files) or reinstall onramp")
 
 
 def profile_names(path: Path = PROFILES_FILE) -> list[str]:

@@ -9,7 +9,9 @@ default a file gets what ``open()`` would give it (0666 less the umask). Secrets
 keys file) pass ``mode=0o600``: they are never readable by others, not even for an instant.
 
 - :func:`write_bytes_atomic`, :func:`write_text_atomic`, :func:`write_json_atomic`: content in hand;
-- :func:`atomic_path`: for writers that need a file name (``shutil.copyfile``, ``savefig``).
+- :func:`atomic_path`: for writers that need a file name (``shutil.copyfile``, ``savefig``);
+- :func:`read_mapping`: the other side, a JSON or YAML file that must hold a mapping, with the
+  caller's error type and advice.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_path", "read_mapping", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 def write_text_atomic(path: Path | str, text: str, *, mode: int | None = None) -> Path:
@@ -97,3 +99,23 @@ def _default_mode() -> int:
     umask = os.umask(0o022)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def read_mapping(path: Path | str, error: Callable[[str, str], Exception], fix: str, *, what: str = "") -> dict:
+    """The mapping in a JSON file (YAML for ``.yaml``/``.yml``), or ``error(what went wrong, fix)``
+    naming the file: unreadable, not parseable, or not a mapping."""
+    path = Path(path)
+    label = f"{what} {path}".strip()
+    try:
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 (OSError, UnicodeError, JSON or YAML syntax: all "cannot read")
+        raise error(f"cannot read {label}: {exc}", fix) from None
+    if not isinstance(data, dict):
+        raise error(f"{label} does not hold a mapping (a JSON/YAML object)", fix)
+    return data

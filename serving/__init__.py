@@ -6,7 +6,7 @@ no FastAPI and no engine).
 
 from __future__ import annotations
 
-import importlib
+from onramp.lazy import lazy_exports
 
 _WHERE = {
     "build_app": "serving.app",
@@ -14,10 +14,4 @@ _WHERE = {
     "ServingError": "serving.errors",
     "RequestError": "serving.errors",
 }
-__all__ = list(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _WHERE)

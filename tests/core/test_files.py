@@ -82,3 +82,41 @@ def test_atomic_path_renames_on_success_and_cleans_up_on_error(tmp_path):
             raise RuntimeError("writer died")
     assert target.read_bytes() == b"new"
     assert [p.name for p in target.parent.iterdir()] == ["plot.png"]  # no temp file left
+
+
+def test_read_mapping_names_the_file_and_what_is_wrong(tmp_path):
+    import pytest
+
+    from onramp.errors import OnrampError
+    from onramp.files import read_mapping
+
+    (tmp_path / "ok.json").write_text('{"a": 1}')
+    (tmp_path / "ok.yaml").write_text("a: [1, 2]\n")
+    (tmp_path / "broken.json").write_text('{"a": ')
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    assert read_mapping(tmp_path / "ok.json", OnrampError, "fix it") == {"a": 1}
+    assert read_mapping(tmp_path / "ok.yaml", OnrampError, "fix it") == {"a": [1, 2]}
+    for name, why in [("broken.json", "cannot read"), ("list.yaml", "does not hold a mapping"),
+                      ("missing.json", "cannot read")]:
+        with pytest.raises(OnrampError, match=why) as info:
+            read_mapping(tmp_path / name, OnrampError, "fix it", what="the test file")
+        assert name in str(info.value) and "the test file" in str(info.value) and info.value.fix == "fix it"
+
+
+def test_lazy_exports_import_on_first_use():
+    import subprocess
+    import sys
+
+    code = ("import sys, serving, builders; assert 'fastapi' not in sys.modules; "
+            "assert 'builders.build' not in sys.modules; serving.build_app; assert 'serving.app' in sys.modules; "
+            "print(sorted(serving.__all__)[:2])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    try:
+        import serving
+
+        serving.no_such_name  # noqa: B018
+    except AttributeError as exc:
+        assert "serving" in str(exc) and "no_such_name" in str(exc)
+    else:
+        raise AssertionError("an unknown name resolved")
