@@ -1,4 +1,4 @@
-"""``onramp eval``, ``onramp bench`` and ``onramp tune``. Nothing heavy is imported at module level."""
+"""``onramp eval``, ``bench``, ``tune`` and ``rollout``. Nothing heavy is imported at module level."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ def register(app: typer.Typer) -> None:
     app.command("eval")(eval_command)
     app.command("bench")(bench_command)
     app.command("tune")(tune_command)
+    app.command("rollout")(rollout_command)
 
 
 def eval_command(
@@ -141,3 +142,37 @@ def _emit(payload: dict, markdown: str, as_json: bool, out: Path | None) -> None
         for name, text in (("report.json", json.dumps(payload, indent=2)), ("report.md", markdown)):
             write_text_atomic(out / name, text)
     typer.echo(json.dumps(payload, indent=2) if as_json else markdown)
+
+
+def rollout_command(
+    name: str = typer.Argument(..., help="Registered model."),
+    version: str = typer.Argument(..., help="The version to roll out as the canary."),
+    steps: str = typer.Option("5,25,100", "--steps", help="Canary weights in percent, rising to 100."),
+    window: str = typer.Option("10m", "--window", help="How long each step runs (30s, 10m, 1h)."),
+    server: list[str] = typer.Option([], "--server", help="A server's base URL whose /metrics is read; "
+                                     "repeat per replica (default: ONRAMP_ROLLOUT_SERVERS, comma-separated)."),
+    gates: str | None = typer.Option(None, "--gates", help="Gates file with a rollout: section "
+                                     "(default: evals/gates.yaml)."),
+    force: bool = typer.Option(False, "--force", help="Promote at the end even if its offline gates failed."),
+    shadow: float | None = typer.Option(None, "--shadow", help="Also mirror this percent of production's "
+                                        "greedy requests to the canary (agreement: shadow_agreement_min)."),
+) -> None:
+    """Canary VERSION through the steps; promote it, or roll it back at the first breached metric."""
+    import logging
+    import os
+
+    from evals.gates import load_gates
+    from evals.rollout import parse_steps, parse_window, rollout
+    from registry.cli import mlflow_errors, open_registry
+
+    logging.getLogger("evals").setLevel(logging.INFO)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(message)s")
+    servers = server or [s.strip() for s in os.environ.get("ONRAMP_ROLLOUT_SERVERS", "").split(",") if s.strip()]
+    with mlflow_errors():
+        result = rollout(open_registry(), name, version, steps=parse_steps(steps), window=parse_window(window),
+                         servers=servers, rules=load_gates(gates).rollout, promote_force=force,
+                         shadow=shadow)
+    typer.echo(result.summary())
+    if result.decision != "promoted":
+        raise typer.Exit(1)

@@ -1,4 +1,5 @@
-"""``onramp models``, ``onramp promote NAME VERSION``, ``onramp rollback NAME``.
+"""``onramp models``, ``onramp promote NAME VERSION``, ``onramp rollback NAME`` (``onramp rollout``,
+which judges metrics, is in evals/cli.py).
 
 Nothing heavy at import: MLflow is imported inside the commands.
 """
@@ -11,10 +12,10 @@ from dataclasses import asdict
 
 import typer
 
-__all__ = ["register"]
+__all__ = ["mlflow_errors", "open_registry", "register"]
 
 
-def _registry():
+def open_registry():
     import os
 
     from registry.client import Registry
@@ -28,7 +29,7 @@ def _registry():
 
 
 @contextmanager
-def _mlflow_errors():
+def mlflow_errors():
     """MLflow's own errors (a locked database, a server error) as a RegistryError, which the root
     CLI prints like every other error."""
     from mlflow.exceptions import MlflowException
@@ -47,8 +48,8 @@ def register(app: typer.Typer) -> None:
     @app.command("models")
     def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
         """Registered models: versions, aliases (production, candidate, ...) and gate results."""
-        with _mlflow_errors():
-            found = _registry().list_models()
+        with mlflow_errors():
+            found = open_registry().list_models()
         if as_json:
             typer.echo(json.dumps([asdict(m) for m in found], indent=2))
             return
@@ -74,8 +75,8 @@ def register(app: typer.Typer) -> None:
                                                         "built from an older Hub revision than production's."),
     ) -> None:
         """Point NAME's production alias at VERSION; the previous one is kept for rollback."""
-        with _mlflow_errors():
-            registry = _registry()
+        with mlflow_errors():
+            registry = open_registry()
             previous = registry.promote(name, version, force=force)
             now = registry.alias_version(name, "production")
         if previous is None:
@@ -86,39 +87,6 @@ def register(app: typer.Typer) -> None:
     @app.command("rollback")
     def rollback(name: str = typer.Argument(..., help="Registered model.")) -> None:
         """Point NAME's production alias back at the version it had before the last promote."""
-        with _mlflow_errors():
-            restored = _registry().rollback(name)
+        with mlflow_errors():
+            restored = open_registry().rollback(name)
         typer.echo(f"{name}: production = version {restored} (rolled back)")
-
-    @app.command("rollout")
-    def rollout_cmd(
-        name: str = typer.Argument(..., help="Registered model."),
-        version: str = typer.Argument(..., help="The version to roll out as the canary."),
-        steps: str = typer.Option("5,25,100", "--steps", help="Canary weights in percent, rising to 100."),
-        window: str = typer.Option("10m", "--window", help="How long each step runs (30s, 10m, 1h)."),
-        server: list[str] = typer.Option([], "--server", help="A server's base URL whose /metrics is read; "
-                                         "repeat per replica (default: ONRAMP_ROLLOUT_SERVERS, comma-separated)."),
-        gates: str | None = typer.Option(None, "--gates", help="Gates file with a rollout: section "
-                                         "(default: evals/gates.yaml)."),
-        force: bool = typer.Option(False, "--force", help="Promote at the end even if its offline gates failed."),
-        shadow: float | None = typer.Option(None, "--shadow", help="Also mirror this percent of production's "
-                                            "greedy requests to the canary (agreement: shadow_agreement_min)."),
-    ) -> None:
-        """Canary VERSION through the steps; promote it, or roll it back at the first breached metric."""
-        import logging
-        import os
-
-        from evals.gates import load_gates
-        from evals.rollout import parse_steps, parse_window, rollout
-
-        logging.getLogger("evals").setLevel(logging.INFO)
-        if not logging.getLogger().handlers:
-            logging.basicConfig(format="%(asctime)s %(message)s")
-        servers = server or [s.strip() for s in os.environ.get("ONRAMP_ROLLOUT_SERVERS", "").split(",") if s.strip()]
-        with _mlflow_errors():
-            result = rollout(_registry(), name, version, steps=parse_steps(steps), window=parse_window(window),
-                             servers=servers, rules=load_gates(gates).rollout, promote_force=force,
-                             shadow=shadow)
-        typer.echo(result.summary())
-        if result.decision != "promoted":
-            raise typer.Exit(1)
