@@ -30,6 +30,19 @@ def test_no_package_below_flows_imports_flows(package):
     assert offenders == [], f"{package} imports flows in {offenders}"
 
 
+# the layers, bottom up: a package imports only packages before it (onramp.cli, the composition
+# root, is the exception: it loads every area's CLI by name)
+LAYERS = ("onramp", "builders", "registry", "serving", "evals", "flows")
+
+
+@pytest.mark.parametrize("package", LAYERS)
+def test_packages_import_only_the_layers_below(package):
+    above = set(LAYERS[LAYERS.index(package) + 1:])
+    offenders = sorted(f"{p.relative_to(ROOT)} imports {m}" for p in (ROOT / package).rglob("*.py")
+                       if p != ROOT / "onramp" / "cli.py" for m in _imports(p) if m.split(".")[0] in above)
+    assert offenders == [], offenders
+
+
 @pytest.mark.parametrize("area", AREA_CLIS)
 def test_area_clis_do_not_import_the_root_cli(area):
     assert "onramp.cli" not in _imports(ROOT / area / "cli.py")
