@@ -43,7 +43,8 @@ class OnboardConfig(BaseModel):
     revision: str = Field("main", description="Branch, tag or commit sha; pinned to a sha at pull time.")
     targets: list[str] = Field(default_factory=lambda: ["cpu"],
                                description="Hardware to build for, e.g. cpu, a100-80gb, h100-80gb.")
-    precision: str | None = Field(None, description="Precision for every target (int8, int4, bf16, fp8...); "
+    precision: str | None = Field(None, description="Precision for every target (int8, int4, bf16, fp8...), or several "
+                                                    "(int8,int4: each built and gated, the smallest passing promoted); "
                                                     "default: int8 on CPUs, the checkpoint's dtype on GPUs.")
     profile: str = Field("quick", description="Eval profile (evals/profiles.yaml): quick or full.")
     gates: str | None = Field(None, description="Gates YAML file; default: evals/gates.yaml.")
@@ -312,7 +313,8 @@ def onboard(config: OnboardConfig) -> OnboardResult:
                                          layout_key=o.key)
         o.version = version
     result.layouts = list(outcomes.values())
-    passing = [o for o in built if o.gate == "passed" and o.version]
+    rank = {p.key: p.rank for p in plans}  # several precisions of a target: the planner's preference first
+    passing = sorted((o for o in built if o.gate == "passed" and o.version), key=lambda o: rank.get(o.key, 0))
     chosen = passing[0] if passing else next((o for o in built if o.version), None)
     if chosen is not None:
         result.version = chosen.version
