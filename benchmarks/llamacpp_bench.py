@@ -230,8 +230,8 @@ async def closed_loop(client, model: str, concurrency: int, per_worker: int, rou
 
 
 def per_worker_requests(concurrency: int) -> int:
-    """Requests each client sends per level: enough samples at low concurrency, ~16 at most levels."""
-    return max(1, 4 // concurrency) if concurrency < 4 else 1 if concurrency >= 16 else 2
+    """Requests each client sends per level (3 at c=1, 8 at c=4, 16 at c=16)."""
+    return 3 if concurrency == 1 else 1 if concurrency >= 16 else 2
 
 
 async def measure_pair(urls: dict[str, str], models: dict[str, str], levels: list[int], rounds: int, *,

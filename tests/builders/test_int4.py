@@ -4,7 +4,6 @@ evals measure its KL divergence so the gates can judge it like any layout."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -56,11 +55,13 @@ def test_int4_engine_manifest_and_weights(ov_int4_engine, ov_int8_engine, refere
     # the export used the group size chosen for this model (64: 128 does not divide SmolLM2's 576)
     group = int4_group_size(inspect_checkpoint(reference_model))
     assert group == 64
-    quant = json.loads((ov_int4_engine / "openvino_config.json").read_text())["quantization_config"]
-    assert quant["bits"] == 4 and quant["group_size"] == group
-    # the IR really holds 4-bit weights, and its weights file is smaller than the int8 engine's
+    # the IR holds 4-bit weights as [out, in / group, group] (and their zero points as [..., 1])
     xml = (ov_int4_engine / "openvino_model.xml").read_text()
-    assert len(re.findall(r'element_type="[ui]4"', xml)) > 10
+    shapes = [tuple(int(d) for d in s.split(",")) for s in re.findall(r'element_type="u4" shape="([0-9, ]+)"', xml)]
+    assert len(shapes) > 10 and all(len(s) == 3 for s in shapes)
+    assert {s[-1] for s in shapes} == {group, 1}
+    assert (576, 576 // group, group) in shapes  # a 576 -> 576 projection (q_proj, o_proj)
+    # and its weights file is smaller than the int8 engine's
     assert manifest.files["openvino_model.bin"].size < 0.8 * read_manifest(ov_int8_engine).files[
         "openvino_model.bin"].size
 
