@@ -34,7 +34,7 @@ def main() -> None:
     os.environ["ONRAMP_CACHE_DIR"] = str(cache)
     from onramp.mirror import MirrorServer, publish
     from onramp.reference import HUB_REPO_ID, make_reference_model
-    from serving.process import free_port
+    from onramp.process import free_port
 
     reference = make_reference_model(cache_dir=cache)
     mirror = MirrorServer(home / "mirror", port=free_port(), venv=cache / "olah-venv", work_dir=home / "olah")
@@ -62,13 +62,10 @@ def main() -> None:
 
 
 def _task_times(flow_run_id) -> list[tuple[str, float]]:
-    import httpx
-    from prefect.settings import PREFECT_API_URL
+    from flows.prefect_api import PrefectAPI
 
-    from flows.prefect_env import auth_headers
-
-    runs = httpx.post(f"{PREFECT_API_URL.value()}/task_runs/filter", timeout=15, headers=auth_headers(), json={
-        "task_runs": {"flow_run_id": {"any_": [str(flow_run_id)]}}, "limit": 200}).json()
+    with PrefectAPI() as api:
+        runs = api.task_runs(flow_run_id)
     runs.sort(key=lambda r: r.get("start_time") or r.get("expected_start_time") or "")
     return [(r["name"], float(r.get("total_run_time") or 0)) for r in runs]
 

@@ -65,7 +65,7 @@ def main() -> None:
     from moto.server import ThreadedMotoServer
 
     from registry.client import Registry
-    from serving.process import free_port
+    from onramp.process import free_port
 
     with tempfile.TemporaryDirectory(prefix="onramp-bench-") as tmp:
         home = Path(tmp)

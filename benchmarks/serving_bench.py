@@ -212,7 +212,7 @@ def main() -> None:
     engine_dir = args.engine or default_engine()
     port = args.port
     if not port:
-        from serving.process import free_port
+        from onramp.process import free_port
 
         port = free_port()
     print(f"engine {engine_dir}\n{args.max_tokens} output tokens per request, {args.rounds} requests per client, "

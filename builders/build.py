@@ -14,7 +14,6 @@ The engine directory is ``<out_root>/<name>--<backend>-<quant>-tp<N>--<build_id[
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -24,10 +23,11 @@ import shutil
 import socket
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
+
+from filelock import FileLock
 
 from builders.backends import get_backend
 from builders.errors import CheckpointError, ManifestError
@@ -120,17 +120,6 @@ def finished_build(path: Path, build_id: str) -> Manifest | None:
         log.warning("ignoring the engine at %s: %s", path, err)
         return None
     return manifest
-
-
-@contextmanager
-def _lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -227,7 +216,7 @@ def build_engine(source: str | Path, *, backend: str = "openvino", quant: str = 
         return final
     impl.check_available()
     out_root.mkdir(parents=True, exist_ok=True)
-    with _lock(out_root / ".locks" / f"{build_id}.lock"):
+    with FileLock(out_root / ".locks" / f"{build_id}.lock"):  # one build of an id at a time
         if finished_build(final, build_id):  # built by another process while we waited
             say(f"cached: {final}")
             return final

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from datetime import datetime, UTC
 from pathlib import Path
 from typing import Literal
@@ -17,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from builders.errors import ManifestError
+from onramp.files import write_text_atomic
 
 MANIFEST = "manifest.json"
 SCHEMA = 1
@@ -116,14 +116,7 @@ def now_utc() -> str:
 
 def write_manifest(root: Path, manifest: Manifest) -> Path:
     """Write ``root/manifest.json`` atomically (temp file, fsync, rename)."""
-    path = Path(root) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(manifest.to_json())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(Path(root) / MANIFEST, manifest.to_json())
 
 
 def read_manifest(root: Path) -> Manifest:

@@ -87,24 +87,14 @@ def candidate_texts_openvino(engine_dir: Path, prompts: list[str], k: int) -> li
 def candidate_texts_endpoint(base_url: str, model: str, prompts: list[str], k: int, *,
                              api_key: str | None = None, timeout: float = 120.0) -> list[str]:
     """Greedy answers of a served model through its OpenAI-compatible chat endpoint."""
-    import httpx
+    from onramp.endpoint import EndpointClient, EndpointError
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    out = []
-    with httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout) as client:
-        for prompt in prompts:
-            try:
-                resp = client.post("/v1/chat/completions", json={
-                    "model": model, "messages": _messages(prompt), "max_tokens": k + _SLACK,
-                    "temperature": 0.0, "stream": False})
-            except httpx.HTTPError as exc:
-                raise EvalError(f"endpoint {base_url} unreachable: {exc}",
-                                "start it with `onramp serve` or fix the URL") from None
-            if resp.status_code != 200:
-                raise EvalError(f"endpoint {base_url} answered HTTP {resp.status_code}: {resp.text[:200]}",
-                                "check --model (GET /v1/models lists them) and the API key")
-            out.append(resp.json()["choices"][0]["message"]["content"] or "")
-    return out
+    try:
+        with EndpointClient(base_url, api_key, timeout=timeout) as endpoint:
+            return [endpoint.text(endpoint.chat(model, _messages(prompt), max_tokens=k + _SLACK, stream=False))
+                    for prompt in prompts]
+    except EndpointError as exc:
+        raise EvalError(exc.what, exc.fix) from None
 
 
 def compare(reference_dir: Path, reference: list[str], candidate: list[str], k: int) -> AgreementResult:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
@@ -111,9 +110,8 @@ def _read_production(path: Path | None) -> dict[str, float] | None:
 
 def _emit(payload: dict, markdown: str, as_json: bool, out: Path | None) -> None:
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        from onramp.files import write_text_atomic
+
         for name, text in (("report.json", json.dumps(payload, indent=2)), ("report.md", markdown)):
-            tmp = out / f".{name}.tmp"
-            tmp.write_text(text)
-            os.replace(tmp, out / name)
+            write_text_atomic(out / name, text)
     typer.echo(json.dumps(payload, indent=2) if as_json else markdown)

@@ -17,50 +17,20 @@ were actually produced.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import random
 import statistics
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from evals.errors import BenchError
+from evals.stream import RequestRecord, async_client, chat_payload, check_reachable, make_prompt, stream_chat
 
 DEFAULT_RATES = (0.5, 1.0, 2.0, 4.0)
 DEFAULT_SLOS = (60.0, 80.0)
-_TOKENS_PER_WORD = 1.3  # English prose under byte-level BPE, used when no tokenizer is given
-
-
-@dataclass
-class RequestRecord:
-    """What one streamed request measured (seconds relative to the sweep's start)."""
-
-    sent: float
-    first_token: float | None = None
-    done: float | None = None
-    token_times: list[float] = field(default_factory=list)
-    output_tokens: int = 0
-    prompt_tokens: int | None = None
-    error: str | None = None
-
-    @property
-    def ttft(self) -> float | None:
-        return None if self.first_token is None else self.first_token - self.sent
-
-    @property
-    def itls(self) -> list[float]:
-        return [b - a for a, b in zip(self.token_times, self.token_times[1:], strict=False)]
-
-    @property
-    def decode_tok_s(self) -> float | None:
-        if self.output_tokens < 2 or len(self.token_times) < 2:
-            return None
-        span = self.token_times[-1] - self.token_times[0]
-        return (self.output_tokens - 1) / span if span > 0 else None
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -226,86 +196,10 @@ def slo_results(rates: list[RateResult], slos: tuple[float, ...] | list[float]) 
     return out
 
 
-_FILLER: list[str] | None = None
-
-
-def _filler_words() -> list[str]:
-    global _FILLER
-    if _FILLER is None:
-        from evals.config import corpus_paragraphs
-
-        _FILLER = " ".join(corpus_paragraphs()).split()
-    return _FILLER
-
-
-def make_prompt(index: int, input_tokens: int, tokenizer=None) -> str:
-    """A prompt of about ``input_tokens`` tokens; each request's text differs (no shared prefix)."""
-    words = _filler_words()
-    n_words = max(1, int(input_tokens / _TOKENS_PER_WORD))
-    start = (index * 37) % len(words)
-    body = [words[(start + i) % len(words)] for i in range(n_words)]
-    text = f"Request {index}. Continue this text:\n" + " ".join(body)
-    if tokenizer is not None:
-        ids = tokenizer.encode(text, add_special_tokens=False)[:input_tokens]
-        text = tokenizer.decode(ids)
-    return text
-
-
-async def _one_request(client, path: str, payload: dict, rec: RequestRecord, t0: float) -> None:
-    try:
-        async with client.stream("POST", path, json=payload) as resp:
-            if resp.status_code != 200:
-                body = (await resp.aread()).decode(errors="replace")[:200]
-                rec.error = f"HTTP {resp.status_code}: {body}"
-                return
-            usage_tokens = None
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                try:
-                    chunk = json.loads(data)
-                except json.JSONDecodeError:
-                    rec.error = f"bad SSE chunk: {data[:80]}"
-                    return
-                if chunk.get("usage"):
-                    usage_tokens = chunk["usage"].get("completion_tokens", usage_tokens)
-                    rec.prompt_tokens = chunk["usage"].get("prompt_tokens", rec.prompt_tokens)
-                for choice in chunk.get("choices") or []:
-                    content = (choice.get("delta") or {}).get("content")
-                    if content:
-                        now = time.perf_counter() - t0
-                        if rec.first_token is None:
-                            rec.first_token = now
-                        rec.token_times.append(now)
-            rec.done = time.perf_counter() - t0
-            rec.output_tokens = usage_tokens if usage_tokens else len(rec.token_times)
-            if rec.first_token is None:
-                rec.error = "stream ended without a token"
-    except Exception as exc:  # httpx errors, cancelled connections
-        rec.error = f"{type(exc).__name__}: {exc}"[:200]
-
-
-def _client(url: str, api_key: str | None, timeout: float):
-    import httpx
-
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers,
-                             timeout=httpx.Timeout(timeout, connect=10.0),
-                             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
-
-
-def _payload(model: str, prompt: str, output_tokens: int) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": output_tokens,
-            "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
-
-
 async def _run_schedule(url: str, model: str, arrivals: list[float], *, input_tokens: int, output_tokens: int,
                         api_key: str | None, timeout: float, tokenizer, index0: int = 0) -> list[RequestRecord]:
     """Send one request at each arrival time (a zero-gap schedule means one after another if serial)."""
-    async with _client(url, api_key, timeout) as client:
+    async with async_client(url, api_key, timeout) as client:
         t0 = time.perf_counter()
         tasks, records = [], []
         for i, at in enumerate(arrivals):
@@ -314,8 +208,8 @@ async def _run_schedule(url: str, model: str, arrivals: list[float], *, input_to
                 await asyncio.sleep(delay)
             rec = RequestRecord(sent=time.perf_counter() - t0)
             records.append(rec)
-            payload = _payload(model, make_prompt(index0 + i, input_tokens, tokenizer), output_tokens)
-            tasks.append(asyncio.create_task(_one_request(client, "/v1/chat/completions", payload, rec, t0)))
+            payload = chat_payload(model, make_prompt(index0 + i, input_tokens, tokenizer), output_tokens)
+            tasks.append(asyncio.create_task(stream_chat(client, payload, rec, t0)))
         await asyncio.gather(*tasks)
     return records
 
@@ -323,13 +217,12 @@ async def _run_schedule(url: str, model: str, arrivals: list[float], *, input_to
 async def _serial(url: str, model: str, n: int, *, input_tokens: int, output_tokens: int, api_key: str | None,
                   timeout: float, tokenizer, index0: int = 0) -> list[RequestRecord]:
     records = []
-    async with _client(url, api_key, timeout) as client:
+    async with async_client(url, api_key, timeout) as client:
         t0 = time.perf_counter()
         for i in range(n):
             rec = RequestRecord(sent=time.perf_counter() - t0)
-            await _one_request(client, "/v1/chat/completions",
-                               _payload(model, make_prompt(index0 + i, input_tokens, tokenizer), output_tokens),
-                               rec, t0)
+            await stream_chat(client, chat_payload(model, make_prompt(index0 + i, input_tokens, tokenizer),
+                                                   output_tokens), rec, t0)
             records.append(rec)
     return records
 
@@ -342,22 +235,12 @@ def _load_tokenizer(tokenizer):
     return AutoTokenizer.from_pretrained(tokenizer)
 
 
-def _check_reachable(url: str, api_key: str | None) -> None:
-    import httpx
-
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        httpx.get(url.rstrip("/") + "/v1/models", headers=headers, timeout=10.0)
-    except httpx.HTTPError as exc:
-        raise BenchError(f"cannot reach {url}: {exc}", "start the server (onramp serve ...) or fix the URL") from None
-
-
 def single_stream(url: str, model: str, *, requests: int = 5, input_tokens: int = 700, output_tokens: int = 550,
                   api_key: str | None = None, timeout: float = 600.0, tokenizer=None) -> Stats:
     """One request after another: TTFT and decode speed without contention."""
     if requests < 1:
         raise BenchError(f"single stream needs at least one request (got {requests})", "pass --single 1 or more")
-    _check_reachable(url, api_key)
+    check_reachable(url, api_key)
     records = asyncio.run(_serial(url, model, requests, input_tokens=input_tokens, output_tokens=output_tokens,
                                   api_key=api_key, timeout=timeout, tokenizer=_load_tokenizer(tokenizer)))
     return summarize(records)
@@ -376,7 +259,7 @@ def run_sweep(url: str, model: str, rates: list[float] | tuple[float, ...] = DEF
         poisson_arrivals(r, 0)  # validates the rate
     if requests_per_rate < 1:
         raise BenchError(f"requests per rate must be >= 1 (got {requests_per_rate})", "pass --requests 1 or more")
-    _check_reachable(url, api_key)
+    check_reachable(url, api_key)
     tok = _load_tokenizer(tokenizer)
     kw = dict(input_tokens=input_tokens, output_tokens=output_tokens, api_key=api_key, timeout=timeout, tokenizer=tok)
     if warmup_requests:
@@ -399,53 +282,7 @@ def run_sweep(url: str, model: str, rates: list[float] | tuple[float, ...] = DEF
                            single=single, rates=results, slo=slo_results(results, slo_tok_s),
                            created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     if plots_dir is not None:
+        from evals.latency_plot import plot_report
+
         report.plots = plot_report(report, plots_dir)
     return report
-
-
-def plot_report(report: LatencyReport, out_dir: str | Path) -> dict[str, str]:
-    """Two PNGs: throughput (aggregate and per stream) and TTFT against request rate."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    xs = [r.rate for r in report.rates]
-    paths = {}
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(xs, [r.output_tok_s or 0 for r in report.rates], "o-", label="aggregate output tok/s")
-    ax.plot(xs, [r.decode_tok_s_p50 or 0 for r in report.rates], "s--", label="per-stream decode p50 tok/s")
-    for s in report.slo:
-        ax.axhline(s.slo_tok_s, color="grey", lw=0.8, ls=":")
-        ax.annotate(f"SLO {s.slo_tok_s:g}", (xs[0], s.slo_tok_s), fontsize=7, color="grey")
-    ax.set_xlabel("request rate (req/s, Poisson)")
-    ax.set_ylabel("tokens/s")
-    ax.set_title(f"{report.model}: throughput vs request rate")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    paths["throughput"] = str(_save(fig, out_dir / "throughput_vs_rate.png"))
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(xs, [r.ttft_p50_s or 0 for r in report.rates], "o-", label="TTFT p50")
-    ax.plot(xs, [r.ttft_p99_s or 0 for r in report.rates], "s--", label="TTFT p99")
-    ax.set_xlabel("request rate (req/s, Poisson)")
-    ax.set_ylabel("seconds")
-    ax.set_title(f"{report.model}: time to first token vs request rate")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    paths["ttft"] = str(_save(fig, out_dir / "ttft_vs_rate.png"))
-    plt.close(fig)
-    return paths
-
-
-def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
-    return path

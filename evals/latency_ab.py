@@ -33,7 +33,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from evals.errors import BenchError
-from evals.latency import RequestRecord, _check_reachable, _client, _one_request, _payload, make_prompt, percentile
+from evals.latency import percentile
+from evals.stream import RequestRecord, async_client, chat_payload, check_reachable, make_prompt, stream_chat
 
 #: metric -> which direction is better (the ratio is always candidate / production)
 AB_METRICS: dict[str, str] = {"output_tok_s": "higher", "decode_tok_s": "higher", "ttft_s": "lower"}
@@ -214,7 +215,7 @@ async def _single(client, ep: Endpoint, load: ABLoad, round_index: int, tokenize
     for i in range(load.single_requests):
         rec = RequestRecord(sent=time.perf_counter() - t0)
         prompt = make_prompt(_prompt_index(load, round_index, 0, i), load.input_tokens, tokenizer)
-        await _one_request(client, "/v1/chat/completions", _payload(ep.model, prompt, load.output_tokens), rec, t0)
+        await stream_chat(client, chat_payload(ep.model, prompt, load.output_tokens), rec, t0)
         records.append(rec)
     return records
 
@@ -223,9 +224,9 @@ async def _burst(client, ep: Endpoint, load: ABLoad, round_index: int, tokenizer
     t0 = time.perf_counter()
     records = [RequestRecord(sent=0.0) for _ in range(load.concurrency)]
     await asyncio.gather(*(
-        _one_request(client, "/v1/chat/completions",
-                     _payload(ep.model, make_prompt(_prompt_index(load, round_index, 1, i), load.input_tokens,
-                                                    tokenizer), load.output_tokens), rec, t0)
+        stream_chat(client, chat_payload(ep.model, make_prompt(_prompt_index(load, round_index, 1, i),
+                                                               load.input_tokens, tokenizer), load.output_tokens),
+                    rec, t0)
         for i, rec in enumerate(records)))
     return records
 
@@ -248,15 +249,15 @@ def side_round(single: list[RequestRecord], burst: list[RequestRecord]) -> SideR
 
 async def _ab(production: Endpoint, candidate: Endpoint, load: ABLoad, tokenizer, progress) -> list[ABRound]:
     eps = {"production": production, "candidate": candidate}
-    async with _client(production.url, production.api_key, load.timeout_s) as pc, \
-            _client(candidate.url, candidate.api_key, load.timeout_s) as cc:
+    async with async_client(production.url, production.api_key, load.timeout_s) as pc, \
+            async_client(candidate.url, candidate.api_key, load.timeout_s) as cc:
         clients = {"production": pc, "candidate": cc}
         for side in SIDES:  # warm both servers up (first requests compile and allocate)
             for i in range(load.warmup_requests):
                 rec = RequestRecord(sent=0.0)
-                await _one_request(clients[side], "/v1/chat/completions",
-                                   _payload(eps[side].model, make_prompt(900_000 + i, load.input_tokens, tokenizer),
-                                            min(8, load.output_tokens)), rec, time.perf_counter())
+                payload = chat_payload(eps[side].model, make_prompt(900_000 + i, load.input_tokens, tokenizer),
+                                       min(8, load.output_tokens))
+                await stream_chat(clients[side], payload, rec, time.perf_counter())
         rounds = []
         for r in range(load.rounds):
             order = list(SIDES) if r % 2 == 0 else list(reversed(SIDES))
@@ -277,7 +278,7 @@ def run_ab(candidate: Endpoint, production: Endpoint, load: ABLoad | None = None
     """Measure two served endpoints in alternating rounds on the same prompts (see the module doc)."""
     load = load or ABLoad()
     for ep in (production, candidate):
-        _check_reachable(ep.url, ep.api_key)
+        check_reachable(ep.url, ep.api_key)
     started = time.monotonic()
     rounds = asyncio.run(_ab(production, candidate, load, tokenizer, progress))
     report = ABReport(candidate=candidate_label or candidate.url, production=production_label or production.url,

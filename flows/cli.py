@@ -138,7 +138,7 @@ def register(app: typer.Typer) -> None:
                     child = dead[0]
                     up.stop()
                     fail(f"{child.name} stopped (code {child.proc.returncode}): {child.log_tail()} "
-                         f"— see {child.log_path}")
+                         f"— see {child.log}")
         except KeyboardInterrupt:
             typer.secho("stopping...", err=True)
         finally:

@@ -16,7 +16,6 @@ waiting for a swap, following flow runs) are the functions the end-to-end tests 
 
 from __future__ import annotations
 
-from onramp.reference import PARIS_QUESTION
 import os
 import shutil
 import sys
@@ -24,6 +23,7 @@ import time
 from typing import Any
 
 from flows.errors import FlowsError
+from onramp.reference import PARIS_QUESTION
 from onramp.settings import Settings, load_settings
 
 REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -42,101 +42,75 @@ class Clock:
 
 
 def _port(preferred: int) -> int:
-    from flows.up import port_free
+    from onramp.process import free_port, port_in_use
 
-    if port_free(preferred):
-        return preferred
-    from serving.process import free_port
-
-    return free_port()
+    return free_port() if port_in_use("127.0.0.1", preferred) else preferred
 
 
 # ------------------------------------------------------------------------------ shared helpers
 
 def chat(api_url: str, api_key: str | None, model: str, prompt: str = QUESTION, max_tokens: int = 32) -> dict[str, Any]:
     """One chat completion from the served endpoint (OpenAI wire format); returns the JSON."""
-    import httpx
+    from onramp.endpoint import EndpointClient, EndpointRefused
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    resp = httpx.post(f"{api_url}/v1/chat/completions", headers=headers, timeout=120, json={
-        "model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-        "temperature": 0})
-    if resp.status_code != 200:
-        raise FlowsError(f"the server answered {resp.status_code}: {resp.text[:300]}", "see the api-server log")
-    return resp.json()
+    try:
+        return EndpointClient(api_url, api_key).chat(model, prompt, max_tokens=max_tokens)
+    except EndpointRefused as exc:
+        raise FlowsError(f"the server answered {exc.status}: {exc.body[:300]}", "see the api-server log") from None
 
 
 def served_version(api_url: str, api_key: str | None, model: str) -> str | None:
-    import httpx
+    from onramp.endpoint import EndpointClient
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        resp = httpx.get(f"{api_url}/v1/models", headers=headers, timeout=10)
-    except httpx.HTTPError:
-        return None
-    if resp.status_code != 200:
-        return None
-    for card in resp.json().get("data", []):
-        if card.get("id") == model:
-            return str(card.get("version")) if card.get("version") is not None else None
-    return None
+    return EndpointClient(api_url, api_key).served_version(model)
 
 
 def wait_served(api_url: str, api_key: str | None, model: str, version: str, timeout: float = 300) -> float:
     """Wait until the server serves ``model`` at ``version``; return the seconds waited."""
+    from onramp.endpoint import EndpointClient
+
     start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if served_version(api_url, api_key, model) == str(version):
-            return time.monotonic() - start
-        time.sleep(1)
+    endpoint = EndpointClient(api_url, api_key)
+    if endpoint.wait_served(model, version, timeout=timeout):
+        return time.monotonic() - start
     raise FlowsError(f"the server did not swap {model} to version {version} within {timeout:.0f} s "
-                     f"(it serves {served_version(api_url, api_key, model)})", "see the api-server log")
+                     f"(it serves {endpoint.served_version(model)})", "see the api-server log")
+
+
+_DONE = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
 def follow_deployment_run(deployment: str, say, *, since: float, revision: str | None = None,
                           timeout: float = 600) -> dict[str, Any]:
     """Wait for the next flow run of ``deployment`` (created after ``since``) to finish, printing
-    its task runs as they complete; returns the flow run (JSON of the Prefect API).
-
-    Plain HTTP on the Prefect API: Prefect 3.8.8's clients send ``limit``/``sort`` as null in
-    their filters, which its own server refuses (422).
-    """
+    its task runs as they complete; returns the flow run (JSON of the Prefect API)."""
     from datetime import UTC, datetime
 
-    import httpx
-    from prefect.settings import PREFECT_API_URL
+    from flows.prefect_api import PrefectAPI
 
-    api = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
-    if not api:
-        raise FlowsError("no Prefect API to follow the run on", "start the services (onramp up) first")
-    api = str(api).rstrip("/") + "/"
     after = datetime.fromtimestamp(since, UTC).isoformat()
     shown: set[str] = set()
     run: dict[str, Any] | None = None
     deadline = time.monotonic() + timeout
-    from flows.prefect_env import auth_headers
-
-    with httpx.Client(base_url=api, timeout=15, headers=auth_headers()) as http:
+    with PrefectAPI() as api:
         while time.monotonic() < deadline:
             if run is None:
-                runs = http.post("flow_runs/filter", json={
-                    "deployments": {"name": {"any_": [deployment]}},
-                    "flow_runs": {"expected_start_time": {"after_": after}}, "limit": 50}).json()
+                runs = api.flow_runs({"deployments": {"name": {"any_": [deployment]}},
+                                      "flow_runs": {"expected_start_time": {"after_": after}}})
                 runs = [r for r in runs if revision is None
                         or (r.get("parameters", {}).get("config") or {}).get("revision") == revision]
                 if runs:
                     run = runs[0]
                     say(f"  flow run '{run['name']}' of deployment {deployment} started by the trigger")
             else:
-                run = http.get(f"flow_runs/{run['id']}").json()
-                tasks = http.post("task_runs/filter", json={
-                    "task_runs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200}).json()
+                run = api.flow_run(run["id"])
+                tasks = api.task_runs(run["id"])
                 for t in sorted(tasks, key=lambda t: t.get("end_time") or t.get("expected_start_time") or ""):
                     state = t.get("state") or {}
-                    if state.get("type") in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and t["id"] not in shown:
+                    if state.get("type") in _DONE and t["id"] not in shown:
                         shown.add(t["id"])
                         say(f"    {t['name']}: {state.get('name')} ({t.get('total_run_time') or 0:.0f} s)")
-                if (run.get("state") or {}).get("type") in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                if (run.get("state") or {}).get("type") in _DONE:
                     return run
             time.sleep(2)
     raise FlowsError(f"no {deployment} flow run finished within {timeout:.0f} s",

@@ -444,29 +444,9 @@ def tracking_links(registry: Any, name: str, version: str, run_id: str | None, u
 
 def wait_for_serving(api_url: str, api_key: str | None, name: str, version: str, timeout: float = 300.0) -> bool:
     """Poll the API server's /v1/models until ``name`` is served at ``version`` (the swap)."""
-    import httpx
+    from onramp.endpoint import EndpointClient
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            r = httpx.get(f"{api_url}/v1/models", headers=headers, timeout=5)
-            if r.status_code == 200:
-                for model in r.json().get("data", []):
-                    if model.get("id") == name and str(_served_version(model)) == str(version):
-                        return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    return False
-
-
-def _served_version(model: dict[str, Any]) -> str | None:
-    for key in ("version", "registry_version"):
-        if key in model:
-            return str(model[key])
-    meta = model.get("metadata") or model.get("onramp") or {}
-    return str(meta.get("version")) if meta.get("version") is not None else None
+    return EndpointClient(api_url, api_key).wait_served(name, version, timeout=timeout, interval=2.0)
 
 
 def dumps(obj: Any) -> str:

@@ -19,18 +19,16 @@ to use the running Prefect server. :meth:`Up.stop` (Ctrl-C in ``onramp up``) sto
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from flows.errors import UpError
 from flows.prefect_env import UP_STATE, new_auth_string, prefect_env, write_up_state
+from onramp.process import Child, ChildExited, ChildTimeout, below_500, port_in_use, start_child, stop_children, \
+    wait_healthy
 from onramp.settings import Settings
 
 KEY_NAME = "onramp-up"
@@ -51,39 +49,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    from onramp.mirror import port_in_use
-
     return not port_in_use(host, port)
-
-
-@dataclass
-class Child:
-    name: str
-    cmd: list[str]
-    health: str | None
-    log_path: Path
-    proc: subprocess.Popen | None = None
-    started: float = field(default=0.0)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, lines: int = 3) -> str:
-        try:
-            text = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
-        except OSError:
-            return "no log"
-        return " | ".join(text[-lines:])[-600:] or "no output"
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            return resp.status < 500
-    except urllib.error.HTTPError as exc:
-        return exc.code < 500
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 class Up:
@@ -104,6 +70,7 @@ class Up:
         self.start_timeout = start_timeout
         self.worker_poll_s = worker_poll_s
         self.children: list[Child] = []
+        self.health: dict[str, str] = {}  # child name -> the URL that answers when it is up
         self.logs = settings.home / "logs"
         self.api_key: str | None = None
         host = "127.0.0.1"
@@ -136,31 +103,27 @@ class Up:
         return env
 
     def _spawn(self, name: str, cmd: list[str], health: str | None, env: dict[str, str] | None = None) -> Child:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        child = Child(name, cmd, health, self.logs / f"{name}.log")
-        with child.log_path.open("ab") as logf:
-            child.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env or self.env(),
-                                          cwd=str(Path(__file__).resolve().parent.parent), start_new_session=True)
-        child.started = time.monotonic()
+        child = start_child(cmd, log=self.logs / f"{name}.log", name=name, env=env or self.env(), append=True,
+                            cwd=Path(__file__).resolve().parent.parent)
         self.children.append(child)
+        if health:
+            self.health[name] = health
         return child
 
     def _wait_healthy(self, children: list[Child]) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        pending = [c for c in children if c.health]
-        while pending:
-            for child in list(pending):
-                if not child.alive():
-                    raise UpError(f"{child.name} exited at start (code {child.proc.returncode}): {child.log_tail()}",
-                                  f"see {child.log_path}")
-                if _answers(child.health):
-                    self.say(f"  {child.name} is up ({time.monotonic() - child.started:.0f} s)")
-                    pending.remove(child)
-            if pending and time.monotonic() > deadline:
-                names = ", ".join(c.name for c in pending)
-                raise UpError(f"{names} did not answer within {self.start_timeout:.0f} s",
-                              f"see the logs in {self.logs}")
-            time.sleep(0.5)
+        def up(child: Child) -> None:
+            self.say(f"  {child.name} is up ({time.monotonic() - child.started:.0f} s)")
+
+        try:
+            wait_healthy([(c, self.health[c.name]) for c in children if c.name in self.health],
+                         timeout=self.start_timeout, ready=below_500, on_ready=up)
+        except ChildExited as exc:
+            raise UpError(f"{exc.child.name} exited at start (code {exc.code}): {exc.tail}",
+                          f"see {exc.child.log}") from None
+        except ChildTimeout as exc:
+            names = ", ".join(c.name for c, _ in exc.pending)
+            raise UpError(f"{names} did not answer within {self.start_timeout:.0f} s",
+                          f"see the logs in {self.logs}") from None
 
     def _check_ports(self) -> None:
         s = self.settings
@@ -226,7 +189,7 @@ class Up:
         state = {
             "prefect_ui": self.prefect_url, "prefect_api": self.prefect_api, "mlflow": self.mlflow_url,
             "api": self.api_url, "api_key": self.api_key, "prefect_auth": self.prefect_auth, "logs": str(self.logs),
-            "pids": {c.name: c.proc.pid for c in self.children if c.proc}, "started": time.time(),
+            "pids": {c.name: c.proc.pid for c in self.children}, "started": time.time(),
         }
         write_up_state(self.settings, state)
         self.say(f"all services up in {time.monotonic() - started:.0f} s")
@@ -248,24 +211,7 @@ class Up:
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stop the children (their whole process groups), newest first; remove up.json."""
-        for child in reversed(self.children):
-            if child.alive():
-                try:
-                    os.killpg(child.proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + timeout
-        for child in reversed(self.children):
-            if child.proc is None:
-                continue
-            try:
-                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(child.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                child.proc.wait()
+        stop_children(reversed(self.children), timeout=timeout)
         self.children.clear()
         (self.settings.home / UP_STATE).unlink(missing_ok=True)
 

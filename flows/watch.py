@@ -14,13 +14,12 @@ onboarded again by the watcher.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -83,17 +82,6 @@ def state_path(settings: Settings) -> Path:
     return settings.home / "watch" / "seen.json"
 
 
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def load_seen(path: Path) -> dict[str, str]:
     try:
         data = json.loads(path.read_text())
@@ -109,7 +97,7 @@ def load_seen(path: Path) -> dict[str, str]:
 
 def mark_seen(path: Path, repo: str, sha: str) -> None:
     """Record ``repo``'s ``sha`` as seen (atomic write under a lock; safe across processes)."""
-    with _locked(path):
+    with FileLock(path.with_suffix(".lock")):
         seen = load_seen(path)
         seen[repo] = sha
         write_text_atomic(path, json.dumps(seen, indent=2, sort_keys=True) + "\n")

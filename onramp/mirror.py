@@ -13,16 +13,13 @@ import hashlib
 import logging
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from onramp.errors import MirrorError
+from onramp.files import atomic_path, write_text_atomic
+from onramp.process import Child, ChildExited, ChildTimeout, any_answer, port_in_use, start_child
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +57,8 @@ def _store_lfs(repo: Path, src: Path, pointer: Path) -> None:
     oid = digest.hexdigest()
     obj = repo / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
     if not obj.exists():
-        obj.parent.mkdir(parents=True, exist_ok=True)
-        tmp = obj.with_name(obj.name + ".tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, obj)
+        with atomic_path(obj) as tmp:
+            shutil.copyfile(src, tmp)
     pointer.write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {src.stat().st_size}\n")
 
 
@@ -138,20 +133,10 @@ def ensure_olah(venv: Path) -> Path:
     return cli
 
 
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
 def write_config(path: Path, *, host: str, port: int, mirror_dir: Path, work_dir: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     (mirror_dir / "models").mkdir(parents=True, exist_ok=True)
-    path.write_text(
+    return write_text_atomic(
+        path,
         "[basic]\n"
         f'host = "{host}"\n'
         f"port = {port}\n"
@@ -161,9 +146,8 @@ def write_config(path: Path, *, host: str, port: int, mirror_dir: Path, work_dir
         f'mirrors-path = ["{mirror_dir}"]\n'
         "metadata-cache-ttl = 0\n"
         "\n[accessibility]\n"
-        "offline = true\n"
+        "offline = true\n",
     )
-    return path
 
 
 class MirrorServer:
@@ -175,7 +159,7 @@ class MirrorServer:
         self.host, self.port = host, port
         self.venv, self.work_dir = Path(venv), Path(work_dir)
         self.start_timeout = start_timeout
-        self.proc: subprocess.Popen | None = None
+        self.child: Child | None = None
         self.log_path = self.work_dir / "olah.log"
 
     @property
@@ -193,62 +177,37 @@ class MirrorServer:
         config = write_config(self.work_dir / "olah.toml", host=self.host, port=self.port,
                               mirror_dir=self.mirror_dir, work_dir=self.work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        logf = self.log_path.open("ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-        self.proc = subprocess.Popen([str(cli), "-c", str(config)], cwd=self.work_dir, stdout=logf,
-                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        logf.close()
-        deadline = time.monotonic() + self.start_timeout
-        try:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    code, self.proc = self.proc.returncode, None
-                    raise MirrorError(f"olah exited at start (code {code}): {self.log_tail()}",
-                                      f"see {self.log_path}")
-                if self._answers():
-                    return self
-                time.sleep(0.3)
+        self.child = start_child([str(cli), "-c", str(config)], log=self.log_path, name="olah", env=env,
+                                 cwd=self.work_dir, append=True)
+        try:  # any HTTP answer means the server is up
+            self.child.wait_healthy(f"{self.url}/api/models/onramp/healthcheck/revision/main",
+                                    timeout=self.start_timeout, interval=0.3, ready=any_answer)
+        except ChildExited as exc:
+            self.child = None
+            raise MirrorError(f"olah exited at start (code {exc.code}): {exc.child.log_tail(lines=1)}",
+                              f"see {self.log_path}") from None
+        except ChildTimeout:
+            self.stop()
+            raise MirrorError(f"olah did not answer on {self.url} within {self.start_timeout:.0f} s",
+                              f"see {self.log_path}") from None
         except BaseException:  # a signal or Ctrl-C while waiting: olah must not outlive us
             self.stop()
             raise
-        self.stop()
-        raise MirrorError(f"olah did not answer on {self.url} within {self.start_timeout:.0f} s",
-                          f"see {self.log_path}")
+        return self
 
-    def _answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/api/models/onramp/healthcheck/revision/main", timeout=2):
-                return True
-        except urllib.error.HTTPError:
-            return True  # any HTTP answer means the server is up
-        except (urllib.error.URLError, OSError):
-            return False
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return self.child.proc if self.child is not None else None
 
     def log_tail(self) -> str:
-        try:
-            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
-        except OSError:
-            return "no log"
-        return lines[-1][:300] if lines else "no output"
+        return self.child.log_tail() if self.child is not None else "no log"
 
     def stop(self) -> None:
         """SIGTERM olah's process group (it is a session leader), SIGKILL it after 10 s."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self._signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._signal(signal.SIGKILL)
-                self.proc.wait()
-        self.proc = None
-
-    def _signal(self, sig: int) -> None:
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
+        if self.child is not None:
+            self.child.stop(timeout=10)
+        self.child = None
 
     def __enter__(self) -> MirrorServer:
         return self.start()

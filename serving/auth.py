@@ -19,12 +19,12 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, UTC
 from pathlib import Path
 
+from onramp.files import write_json_atomic
 from serving.errors import AuthConfigError, Forbidden, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -65,17 +65,7 @@ def _read_file(path: Path) -> list[dict]:
 
 
 def _write_file(path: Path, entries: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(entries, fh, indent=2)
-            fh.write("\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, entries, mode=0o600)
 
 
 def create_key(path: Path, name: str, *, admin: bool = False, rpm: int | None = None,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.process import free_port  # noqa: F401 - tests import it from here
+from onramp.process import free_port  # noqa: F401 - tests import it from here
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_CACHE = Path(os.environ.get("ONRAMP_TEST_CACHE") or REPO_ROOT / ".cache" / "test").resolve()
