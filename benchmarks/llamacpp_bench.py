@@ -2,7 +2,7 @@
 
 For each pair (onramp's int8 engine vs a Q8_0 GGUF; onramp's int4 engine vs a Q4_0 GGUF) both
 servers run at once on this machine: ``onramp serve`` (the reference model's OpenVINO engine) and
-llama.cpp's ``llama-server`` (``-np 16 -t T``). One light asyncio client (evals.latency's SSE
+llama.cpp's ``llama-server`` (``-np 16 -t T``). One light asyncio client (evals.stream's SSE
 request) measures them in alternating rounds: at each concurrency level (closed loop: N clients,
 each sending its next request when its last one ends) one side goes first in even rounds and the
 other in odd ones, on the same prompts, so a drift in the machine's load hits both alike. A
@@ -207,7 +207,7 @@ def prompt_index(round_index: int, concurrency: int, worker: int, i: int) -> int
 
 async def closed_loop(client, model: str, concurrency: int, per_worker: int, round_index: int, *,
                       output_tokens: int, prompt_tokens: int) -> LevelResult:
-    from evals.latency import RequestRecord, _one_request, _payload, make_prompt
+    from evals.stream import RequestRecord, chat_payload, make_prompt, stream_chat
 
     records: list[RequestRecord] = []
     t0 = time.perf_counter()
@@ -217,7 +217,7 @@ async def closed_loop(client, model: str, concurrency: int, per_worker: int, rou
             rec = RequestRecord(sent=time.perf_counter() - t0)
             records.append(rec)
             prompt = make_prompt(prompt_index(round_index, concurrency, w, i), prompt_tokens)
-            await _one_request(client, "/v1/chat/completions", _payload(model, prompt, output_tokens), rec, t0)
+            await stream_chat(client, chat_payload(model, prompt, output_tokens), rec, t0)
 
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     wall = time.perf_counter() - t0
@@ -237,16 +237,15 @@ def per_worker_requests(concurrency: int) -> int:
 
 async def measure_pair(urls: dict[str, str], models: dict[str, str], levels: list[int], rounds: int, *,
                        output_tokens: int, prompt_tokens: int, progress) -> dict[int, list[dict[str, LevelResult]]]:
-    from evals.latency import RequestRecord, _client, _one_request, _payload, make_prompt
+    from evals.stream import RequestRecord, async_client, chat_payload, make_prompt, stream_chat
 
     results: dict[int, list[dict[str, LevelResult]]] = {c: [] for c in levels}
-    async with _client(urls["onramp"], None, 900) as oc, _client(urls["llama.cpp"], None, 900) as lc:
+    async with async_client(urls["onramp"], None, 900) as oc, async_client(urls["llama.cpp"], None, 900) as lc:
         clients = {"onramp": oc, "llama.cpp": lc}
         for side in SIDES:  # warm-up: first requests compile kernels and allocate caches on both sides
             await asyncio.gather(*(
-                _one_request(clients[side], "/v1/chat/completions",
-                             _payload(models[side], make_prompt(990_000 + i, prompt_tokens), 8),
-                             RequestRecord(sent=0.0), time.perf_counter())
+                stream_chat(clients[side], chat_payload(models[side], make_prompt(990_000 + i, prompt_tokens), 8),
+                            RequestRecord(sent=0.0), time.perf_counter())
                 for i in range(max(levels))))
         for r in range(rounds):
             for k, c in enumerate(levels):
