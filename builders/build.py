@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from filelock import FileLock
 
-from builders.backends import get_backend
+from builders.backends import DEFAULT_BACKEND, get_backend
 from builders.errors import CheckpointError, ManifestError
 from builders.facts import ModelFacts, inspect_checkpoint
 from builders.manifest import Layout, Manifest, Runtime, Source, hash_files, now_utc, read_manifest, sha256_file, \
@@ -155,7 +155,7 @@ class BuildRequest:
         return "\n".join(lines) + "\n" + text.rstrip("\n")
 
 
-def prepare_build(source: str | Path, *, backend: str = "openvino", quant: str = "int8",
+def prepare_build(source: str | Path, *, backend: str = DEFAULT_BACKEND, quant: str = "int8",
                   out_root: Path | None = None, repo: str | None = None, revision: str | None = None,
                   layout: Layout | None = None, hardware: str | None = None, tp: int | None = None,
                   settings=None, runtime_precision: str | None = None) -> BuildRequest:
@@ -188,7 +188,7 @@ def prepare_build(source: str | Path, *, backend: str = "openvino", quant: str =
                         name=name, out_root=out_root, final=final)
 
 
-def build_engine(source: str | Path, *, backend: str = "openvino", quant: str = "int8",
+def build_engine(source: str | Path, *, backend: str = DEFAULT_BACKEND, quant: str = "int8",
                  out_root: Path | None = None, repo: str | None = None, revision: str | None = None,
                  layout: Layout | None = None, hardware: str | None = None, tp: int | None = None,
                  settings=None, progress: Callable[[str], None] | None = None,

@@ -83,7 +83,34 @@ def _ensure_chat_template(checkpoint: Path, out_dir: Path) -> None:
 
 
 class OpenVINOBackend:
+    """The OpenVINO plugin (see :mod:`builders.backends`): builds with optimum-intel, serves with
+    :class:`serving.engines.openvino.OpenVINOEngine`, evaluates with lm-eval's ``openvino`` model."""
+
     name = "openvino"
+    engine = "serving.engines.openvino:OpenVINOEngine"
+    embedding_bytes = 1.0  # nncf compresses the embedding table (and an untied LM head) to int8 too
+    max_tp = 1  # one process on one device
+
+    def layout_dtype(self, precision: str, facts: ModelFacts) -> str:
+        """A 16-bit precision is its own dtype; compressed weights compute in the checkpoint's 16-bit dtype."""
+        return precision if precision in ("fp16", "bf16") else facts.dtype16
+
+    def engine_problem(self, engine_dir: Path) -> str | None:
+        for name in ("openvino_model.xml", "openvino_model.bin", "config.json"):
+            if not (Path(engine_dir) / name).is_file():
+                return f"has no {name}: it is not an OpenVINO engine directory"
+        return None
+
+    def lm_eval_model(self, engine_dir: Path, workdir: Path) -> tuple[str, dict]:
+        """lm-eval's ``openvino`` model, with the engine's recorded runtime properties (lm-eval
+        reads them from a file), never the device's defaults."""
+        import json
+
+        from builders.ov_runtime import load_properties
+
+        ov_config = Path(workdir) / "ov_config.json"
+        ov_config.write_text(json.dumps(load_properties(engine_dir)))
+        return "openvino", {"pretrained": str(engine_dir), "ov_config": str(ov_config)}
 
     def version(self) -> str:
         return _version("openvino") or "not installed"

@@ -8,9 +8,9 @@ parameters of :func:`plan`:
   allocator fragmentation and what the runtime keeps for itself — vLLM's
   ``gpu_memory_utilization`` default, too);
 - ``weights = (linear params × bytes of the precision + embedding params × embedding bytes) / TP``;
-  on GPUs (TensorRT-LLM weight-only int8, AWQ int4, FP8) the embedding table and an untied
-  LM head stay 16-bit; on the CPU (OpenVINO/nncf) they are compressed to int8. Weights are
-  assumed to split evenly across the TP ranks;
+  the hardware's backend says what its quantized builds keep the embedding table and an untied
+  LM head in (``embedding_bytes``: 16-bit for TensorRT-LLM's weight-only int8, AWQ int4 and FP8;
+  int8 for OpenVINO/nncf). Weights are assumed to split evenly across the TP ranks;
 - ``workspace`` (default 2 GiB): activations and the runtime's scratch buffers for up to
   ``max_num_tokens`` tokens in flight, one figure per device;
 - ``KV free = usable − weights − workspace``; a token's KV cache on one device is
@@ -29,6 +29,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from builders.backends import get_backend
 from builders.facts import ModelFacts
 from builders.hardware import PRECISIONS, Hardware, get_hardware
 from builders.manifest import Layout
@@ -141,8 +142,8 @@ def weight_bytes(facts: ModelFacts, precision: str, hardware: Hardware) -> float
     spec = PRECISIONS[precision]
     embed = embedding_params(facts)
     linear = max(facts.params - embed, 0)
-    embed_bytes = 1.0 if hardware.kind == "cpu" else 2.0
-    if spec["quantization"] == "none":
+    embed_bytes = get_backend(hardware.backend).embedding_bytes
+    if spec["quantization"] == "none" or embed_bytes is None:
         embed_bytes = spec["weight_bytes"]
     return linear * spec["weight_bytes"] + embed * embed_bytes
 
@@ -153,8 +154,9 @@ def kv_heads_per_device(facts: ModelFacts, tp: int) -> int:
 
 def _tp_problem(facts: ModelFacts, hw: Hardware, tp: int) -> str | None:
     if tp > hw.devices:
-        if hw.kind == "cpu":
-            return "the cpu target runs one process (TP 1 only)"
+        max_tp = get_backend(hw.backend).max_tp
+        if max_tp is not None and tp > max_tp:
+            return f"the {hw.name} target runs one process (TP {max_tp} only)"
         return f"TP{tp} needs {tp} devices; a {hw.name} node has {hw.devices}"
     if facts.heads % tp:
         return f"TP{tp} does not divide the {facts.heads} attention heads"
@@ -185,10 +187,7 @@ def plan(facts: ModelFacts, hardware: str | Hardware, *, seq_len: int | None = N
             row = dict(hardware=hw.name, tp=tp, precision=precision, dtype=spec["dtype"],
                        quantization=spec["quantization"], weights_gib=round(weights / GIB, 3),
                        workspace_gib=workspace_gib, usable_gib=round(usable / GIB, 3), seq_len=seq_len)
-            if precision in ("fp16", "bf16"):
-                row["dtype"] = precision
-            elif hw.kind == "cpu" or precision == "fp8":
-                row["dtype"] = facts.dtype if facts.dtype in ("fp16", "bf16") else "fp16"
+            row["dtype"] = get_backend(hw.backend).layout_dtype(precision, facts)
             problem = _tp_problem(facts, hw, tp)
             if problem is None and seq_len > facts.max_positions:
                 problem = f"seq len {seq_len} exceeds the model's {facts.max_positions} max positions"
@@ -273,9 +272,7 @@ def choose_layout(facts: ModelFacts, hardware: str, quant: str, tp: int | None =
     """
     from builders.errors import BuilderError
 
-    precision = quant
-    if quant == "none":
-        precision = facts.dtype if facts.dtype in ("fp16", "bf16") else "fp16"
+    precision = facts.dtype16 if quant == "none" else quant
     result = plan(facts, hardware, **kwargs)
     if precision not in result.hardware.precisions:
         raise BuilderError(f"{result.hardware.name} offers no precision {precision!r}",

@@ -176,7 +176,39 @@ def check_engine_files(engine_dir: Path, commands: TRTLLMCommands) -> None:
 
 
 class TensorRTLLMBackend:
+    """The TensorRT-LLM plugin (see :mod:`builders.backends`): builds with TensorRT-LLM's examples and
+    ``trtllm-build``, serves with :class:`serving.engines.trtllm.TRTLLMEngine`, evaluates with
+    lm-eval's ``trtllm`` model."""
+
     name = "tensorrt_llm"
+    engine = "serving.engines.trtllm:TRTLLMEngine"
+    embedding_bytes = 2.0  # weight-only int8, AWQ int4 and FP8 keep the embedding table 16-bit
+    max_tp = None  # as many GPUs as the node has
+
+    def layout_dtype(self, precision: str, facts: ModelFacts) -> str:
+        """A 16-bit precision is its own dtype; FP8 computes in the checkpoint's 16-bit dtype;
+        weight-only int8 and AWQ int4 in fp16."""
+        from builders.hardware import PRECISIONS
+
+        if precision in ("fp16", "bf16"):
+            return precision
+        return facts.dtype16 if precision == "fp8" else PRECISIONS[precision]["dtype"]
+
+    def engine_problem(self, engine_dir: Path) -> str | None:
+        engine_dir = Path(engine_dir)
+        if not (engine_dir / "config.json").is_file():
+            return "has no config.json: it is not a TensorRT-LLM engine directory"
+        if not any(engine_dir.glob("rank*.engine")):
+            return "has no rank0.engine: it is not a TensorRT-LLM engine directory"
+        return None
+
+    def lm_eval_model(self, engine_dir: Path, workdir: Path) -> tuple[str, dict]:
+        """lm-eval's ``trtllm`` model over the engine directory, with its manifest's parallelism."""
+        from builders.manifest import read_manifest
+
+        layout = read_manifest(engine_dir).layout
+        return "trtllm", {"model": str(engine_dir), "tokenizer": str(engine_dir),
+                          "tensor_parallel_size": layout.tp, "pipeline_parallel_size": layout.pp}
 
     def __init__(self, examples: Path | None = None, python: str = "python3", max_num_tokens: int = 8192,
                  calib_dataset: str | None = None, hardware: str = "a100-80gb"):
@@ -197,7 +229,7 @@ class TensorRTLLMBackend:
         """The smallest-TP feasible layout of ``quant`` on this backend's hardware (a100-80gb by default)."""
         from builders.planner import plan
 
-        precision = {"none": facts.dtype if facts.dtype in ("fp16", "bf16") else "fp16"}.get(quant, quant)
+        precision = facts.dtype16 if quant == "none" else quant
         result = plan(facts, self.hardware)
         options = [o for o in result.feasible() if o.precision == precision]
         if not options:

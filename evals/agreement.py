@@ -61,29 +61,6 @@ def reference_texts(reference_dir: Path, prompts: list[str], k: int) -> list[str
     return out
 
 
-def candidate_texts_openvino(engine_dir: Path, prompts: list[str], k: int) -> list[str]:
-    """Greedy answers of an OpenVINO engine through OpenVINO GenAI, with the engine's own tokenizer."""
-    import openvino_genai as og
-
-    try:
-        from builders.ov_runtime import load_properties
-
-        pipe = og.LLMPipeline(str(engine_dir), "CPU", **load_properties(engine_dir))
-    except Exception as exc:  # openvino raises RuntimeError with a long log
-        raise EvalError(f"OpenVINO GenAI cannot load {engine_dir}: {str(exc).splitlines()[0][:300]}",
-                        "rebuild the engine (onramp build ...)") from exc
-    tok = pipe.get_tokenizer()
-    config = pipe.get_generation_config()
-    config.max_new_tokens = k + _SLACK
-    config.do_sample = False
-    config.apply_chat_template = False
-    out = []
-    for prompt in prompts:
-        text = tok.apply_chat_template(_messages(prompt), add_generation_prompt=True)
-        out.append(pipe.generate([text], config).texts[0])
-    return out
-
-
 def candidate_texts_endpoint(base_url: str, model: str, prompts: list[str], k: int, *,
                              api_key: str | None = None, timeout: float = 120.0) -> list[str]:
     """Greedy answers of a served model through its OpenAI-compatible chat endpoint."""

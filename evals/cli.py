@@ -1,4 +1,4 @@
-"""``onramp eval`` and ``onramp bench``. Nothing heavy is imported at module level."""
+"""``onramp eval``, ``onramp bench`` and ``onramp tune``. Nothing heavy is imported at module level."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import typer
 def register(app: typer.Typer) -> None:
     app.command("eval")(eval_command)
     app.command("bench")(bench_command)
+    app.command("tune")(tune_command)
 
 
 def eval_command(
@@ -88,6 +89,41 @@ def bench_command(
         fail(err)
     _emit({"latency": report.model_dump(mode="json"), "metrics": report.metrics()}, report.to_markdown(),
           as_json, out)
+
+
+def tune_command(
+    engine_dir: Path = typer.Argument(..., help="An OpenVINO engine directory (made by onramp build)."),
+    budget_s: float = typer.Option(120.0, "--budget-s", help="Measuring time (s, about; server starts on top)."),
+    knobs: str | None = typer.Option(None, "--knobs", help="Comma-separated subset of: threads, "
+                                     "max_num_batched_tokens, dynamic_split_fuse, prefix_caching, cache_size."),
+    rate: float = typer.Option(8.0, "--rate", help="Poisson request rate of each measurement (req/s)."),
+    requests: int = typer.Option(6, "--requests", help="Requests per measurement."),
+    input_tokens: int = typer.Option(96, "--input-tokens", help="Prompt length (tokens, approximate)."),
+    output_tokens: int = typer.Option(24, "--output-tokens", help="Output length (max_tokens)."),
+    slo_ttft_s: float | None = typer.Option(None, "--slo-ttft-s", help="Absolute SLO: TTFT p50 at most this."),
+    slo_decode: float | None = typer.Option(None, "--slo-decode-tok-s",
+                                            help="Absolute SLO: per-stream decode p50 at least this (tok/s)."),
+    write: bool = typer.Option(True, "--write/--no-write", help="Write the choice into the manifest."),
+    out: Path | None = typer.Option(None, "--out", help="Write tune.json, tune.md and tune.png here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Measure runtime settings of ENGINE_DIR on this machine and write the fastest that meets the SLOs
+    (and beats the untuned runtime side by side) into its manifest."""
+    from onramp.cli import fail
+    from onramp.errors import OnrampError
+
+    try:
+        from evals.tune import TuneLoad, tune
+
+        load = TuneLoad(rate=rate, requests=requests, input_tokens=input_tokens, output_tokens=output_tokens)
+        report = tune(engine_dir, budget_s=budget_s, knobs=[k.strip() for k in knobs.split(",") if k.strip()]
+                      if knobs else None, load=load, slo_ttft_s=slo_ttft_s, slo_decode_tok_s=slo_decode,
+                      write=write, out_dir=out, progress=lambda msg: typer.secho(msg, err=True))
+    except OnrampError as err:
+        fail(err)
+    except ValueError as err:  # pydantic: a load option out of range
+        fail(f"bad tuning option: {str(err).splitlines()[-1]}")
+    typer.echo(json.dumps(report.model_dump(mode="json"), indent=2) if as_json else report.to_markdown())
 
 
 def _read_production(path: Path | None) -> dict[str, float] | None:

@@ -276,16 +276,12 @@ def compare_logits(reference_dir: Path, candidate: LogitsModel, profile: Profile
 
 
 def engine_logits_model(engine_dir: Path) -> LogitsModel:
-    """The engine's backend (from its manifest; an unmanifested dir is an OpenVINO export) gives its logits."""
-    from builders.backends import get_backend
+    """The engine's backend (from its manifest; an unmanifested dir is the default backend's export)
+    gives its logits."""
+    from builders.backends import backend_for_engine
     from onramp.errors import OnrampError
 
     try:
-        backend = "openvino"
-        if (Path(engine_dir) / "manifest.json").is_file():
-            from builders.manifest import read_manifest
-
-            backend = read_manifest(engine_dir).backend
-        return get_backend(backend).logits_model(Path(engine_dir))
+        return backend_for_engine(Path(engine_dir)).logits_model(Path(engine_dir))
     except OnrampError as err:
         raise EvalError(f"KL divergence of {engine_dir}: {err.what}", err.fix) from None

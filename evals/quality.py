@@ -10,9 +10,11 @@ lm-eval's ``hf`` model, float32 on the CPU):
 - Perplexity: ``loglikelihood_rolling`` over ``evals/data/corpus.txt`` (``onramp_perplexity``).
 - Greedy agreement: the first K greedy tokens on fixed chat prompts (:mod:`evals.agreement`).
 
-The candidate is an OpenVINO engine dir (lm-eval's ``openvino`` model, OpenVINO GenAI for the
-agreement) or a served endpoint (lm-eval's ``local-chat-completions``; an endpoint gives no
-log-probabilities, so perplexity is not measured there). Reference results are cached by the
+The candidate is a built engine dir, measured through its backend plugin (``builders.backends``:
+lm-eval's model for that backend, e.g. ``openvino`` or ``trtllm``) and the engine protocol (the
+greedy agreement, :mod:`evals.engine_texts`), or a served endpoint (lm-eval's
+``local-chat-completions``; an endpoint gives no log-probabilities, so perplexity is not measured
+there). Reference results are cached by the
 checkpoint's content hash and the eval configuration, so gating a second build is half the work.
 """
 
@@ -31,10 +33,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from evals.agreement import AgreementResult, candidate_texts_endpoint, candidate_texts_openvino, compare, \
-    reference_texts
+from evals.agreement import AgreementResult, candidate_texts_endpoint, compare, reference_texts
 from evals.config import GSM8K_TASK, PERPLEXITY_TASK, Profile, agreement_prompts, config_fingerprint, \
     gsm8k_file, load_profile, reference_threads, resolve_tasks
+from evals.engine_texts import engine_greedy_texts
 from evals.errors import EvalError
 from evals.kld import KLDResult, compare_logits, engine_logits_model
 from onramp.files import write_text_atomic
@@ -73,7 +75,7 @@ class QualityReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     candidate: str = Field(description="engine dir or endpoint URL")
-    candidate_kind: str = Field(description="openvino or endpoint")
+    candidate_kind: str = Field(description="the engine's backend (openvino, tensorrt_llm, ...) or endpoint")
     reference: str
     profile: Profile
     config_fingerprint: str
@@ -255,8 +257,9 @@ def _write_gsm8k_subset(tasks_dir: Path, profile: Profile) -> None:
     task_yaml.write_text(task_yaml.read_text().replace(str(gsm8k_file()), str(subset)))
 
 
-def check_engine_dir(engine_dir: Path) -> None:
-    """An OpenVINO engine dir: manifest checksums verified when it has one; the IR must be there."""
+def check_engine_dir(engine_dir: Path) -> str:
+    """A built engine dir: manifest checksums verified when it has one, and complete for its backend
+    (the backend plugin says what it needs). Returns the backend's name."""
     engine_dir = Path(engine_dir)
     if not engine_dir.is_dir():
         raise EvalError(f"engine directory {engine_dir} does not exist",
@@ -271,10 +274,18 @@ def check_engine_dir(engine_dir: Path) -> None:
             raise EvalError(f"engine {engine_dir} failed verification: {err.what}", err.fix) from None
     else:
         log.warning("%s has no manifest.json: evaluating it unverified", engine_dir)
-    for name in ("openvino_model.xml", "openvino_model.bin", "config.json"):
-        if not (engine_dir / name).is_file():
-            raise EvalError(f"{engine_dir} has no {name}: it is not an OpenVINO engine directory",
-                            "pass an engine directory built by `onramp build` (backend openvino)")
+    from builders.backends import backend_for_engine
+    from onramp.errors import OnrampError
+
+    try:
+        backend = backend_for_engine(engine_dir)
+    except OnrampError as err:
+        raise EvalError(f"engine {engine_dir}: {err.what}", err.fix) from None
+    problem = backend.engine_problem(engine_dir)
+    if problem:
+        raise EvalError(f"{engine_dir} {problem}",
+                        f"pass an engine directory built by `onramp build` (backend {backend.name})")
+    return backend.name
 
 
 def reference_results(reference_dir: Path, profile: Profile, tasks_dir: Path, prompts: list[str],
@@ -318,9 +329,10 @@ def run_quality(engine_dir: str | Path, reference_dir: str | Path, profile: str 
     is_endpoint = str(engine_dir).startswith(("http://", "https://"))
     if is_endpoint and not model:
         raise EvalError(f"endpoint {engine_dir} needs a served model name", "pass --model NAME")
+    backend = "endpoint"
     if not is_endpoint:
         engine_dir = Path(engine_dir)
-        check_engine_dir(engine_dir)
+        backend = check_engine_dir(engine_dir)
     if cache_dir is None and use_cache:
         from onramp.settings import load_settings
 
@@ -345,14 +357,11 @@ def run_quality(engine_dir: str | Path, reference_dir: str | Path, profile: str 
             cand = run_lm_eval("local-chat-completions", args, prof, tasks_dir, tasks=(GSM8K_TASK,))
             texts = candidate_texts_endpoint(base, model, prompts, prof.agreement_k, api_key=api_key)
         else:
-            from builders.ov_runtime import load_properties
+            from builders.backends import get_backend
 
-            # the engine's recorded runtime properties, never the device defaults (lm-eval reads a file)
-            ov_config = Path(tmp) / "ov_config.json"
-            ov_config.write_text(json.dumps(load_properties(engine_dir)))
-            cand = run_lm_eval("openvino", {"pretrained": str(engine_dir), "ov_config": str(ov_config)},
-                               prof, tasks_dir)
-            texts = candidate_texts_openvino(engine_dir, prompts, prof.agreement_k)
+            lm_eval_model, lm_eval_args = get_backend(backend).lm_eval_model(engine_dir, Path(tmp))
+            cand = run_lm_eval(lm_eval_model, lm_eval_args, prof, tasks_dir)
+            texts = engine_greedy_texts(engine_dir, prompts, prof.agreement_k)
     kld, kld_not_measured = None, None
     if is_endpoint:
         kld_not_measured = "an endpoint returns no full next-token logits; evaluate the engine directory"
@@ -361,7 +370,7 @@ def run_quality(engine_dir: str | Path, reference_dir: str | Path, profile: str 
                              cache_dir=cache_dir if use_cache else None)
     agreement = compare(reference_dir, ref.greedy_texts, texts, prof.agreement_k)
     return QualityReport(
-        candidate=str(engine_dir), candidate_kind="endpoint" if is_endpoint else "openvino",
+        candidate=str(engine_dir), candidate_kind=backend,
         reference=str(reference_dir), profile=prof, config_fingerprint=config_fingerprint(prof),
         candidate_scores=cand, reference_scores=ref.scores, reference_cached=cached, agreement=agreement,
         kld=kld, kld_not_measured=kld_not_measured,

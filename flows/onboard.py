@@ -158,6 +158,25 @@ def evaluate_task(engine_dir: Path, reference_dir: Path, profile: str, settings:
     return steps.evaluate(engine_dir, reference_dir, profile, settings, latency=latency)
 
 
+@task(name="tune", cache_policy=NO_CACHE, task_run_name="tune-{layout_key}")
+def tune_task(engine_dir: Path, settings: Settings, enabled: bool, layout_key: str) -> None:
+    """evals.tune on this machine (ONRAMP_TUNE_BUDGET_S; with latency on): the tuning table and plot
+    as artifacts; a failed tuning leaves the build's runtime as it was built."""
+    from evals.tune import tune_build
+
+    try:
+        report = tune_build(engine_dir, settings) if enabled else None
+    except Exception as exc:  # noqa: BLE001 (tuning is an optimisation, never a reason to stop)
+        get_run_logger().warning("tuning %s failed; its runtime stays as built: %s", layout_key, exc)
+        return
+    if report is not None:
+        key = f"{_slug(engine_dir.name.split('--')[0])}-tune-{_slug(layout_key)}"
+        create_table_artifact(key=key, table=report.table(), description=report.summary())
+        data = base64.b64encode(Path(report.plot).read_bytes()).decode() if report.plot else ""
+        create_markdown_artifact(key=f"{key}-plot", markdown=f"# Tuning\n\n![tuning](data:image/png;base64,{data})\n"
+                                 f"\n{report.to_markdown()}", description=report.summary())
+
+
 @task(name="latency-ab", cache_policy=NO_CACHE, task_run_name="latency-ab-{layout_key}")
 def latency_ab_task(registry: Any, name: str, engine_dir: Path, profile: str, settings: Settings,
                     layout_key: str) -> LatencyAB:
@@ -280,6 +299,7 @@ def onboard(config: OnboardConfig) -> OnboardResult:
     gates: dict[str, GateOutcome] = {}
     for o in built:
         try:
+            tune_task(Path(o.engine_dir), settings, config.latency, layout_key=o.key)
             evaluated = evaluate_task(Path(o.engine_dir), checkpoint, config.profile, settings, config.latency,
                                       layout_key=o.key)
             ab = latency_ab_task(registry, result.model, Path(o.engine_dir), config.profile, settings,

@@ -12,29 +12,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from collections.abc import Awaitable, Callable, Sequence
 
-from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.routing import APIRoute
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import admin
-from serving.auth import ADMIN, USER, KeyStore
+from serving.auth import ADMIN, KeyStore
 from serving.drain import Drain, DrainGate
 from serving.errors import RequestError
+from serving.gate import MAX_BODY_BYTES, Gate, gated_routes, require_admin, require_user
+from serving.http_errors import error_response, install_error_handlers
 from serving.metrics import CONTENT_TYPE_LATEST, Metrics
+from serving.openapi_doc import ERROR, generation_responses, openapi_document
 from serving.protocol import (AdminModels, ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
-                              CompletionResponse, ErrorResponse, Health, ModelCard, ModelList, Readiness,
+                              CompletionResponse, Health, ModelCard, ModelList, Readiness,
                               RemoveResponse, SwapRequest, SwapResponse)
 from serving.routing import CANARY_SUFFIX, ROUTE, VERSION_HEADER
 from serving.service import OpenAIService
@@ -43,7 +40,7 @@ from serving.usage import UsageMeter, current_key, usage_file
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ServeConfig", "build_app", "error_response"]
+__all__ = ["MAX_BODY_BYTES", "ServeConfig", "build_app", "error_response"]
 
 Hook = Callable[[FastAPI], Awaitable[None]]
 
@@ -67,192 +64,6 @@ class ServeConfig(BaseModel):
     swap_roots: list[Path] = Field(
         default_factory=list, description="directories engine_dir swaps may load from (besides `engines`)")
     swap_timeout_s: float = Field(600.0, gt=0, description="bound on an engine's load + warm-up in a swap")
-
-
-def error_response(status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                   code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The one helper that builds an error: OpenAI's shape."""
-    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}},
-                        status_code=status, headers=headers)
-
-
-MAX_BODY_BYTES = 4 * 1024 * 1024  # a 4096-token context is ~16 KB of text; bodies beyond this are refused
-UNMATCHED = "unmatched"  # the endpoint label of every path no route serves
-
-
-@dataclass(frozen=True)
-class _GatedRoute:
-    path: str  # the route template (the metrics label)
-    regex: re.Pattern
-    methods: frozenset[str]
-    key_scope: str | None  # the key scope it declares (require_user/require_admin), or None
-
-
-def _gated_routes(routers: Sequence[APIRouter]) -> list[_GatedRoute]:
-    """What the gate needs to know of each route, read from the routers' own declarations."""
-    out = []
-    for router in routers:
-        for route in router.routes:
-            if isinstance(route, APIRoute):
-                deps = route.dependencies
-                scope = ADMIN if any(d is require_admin for d in deps) else \
-                    USER if any(d is require_user for d in deps) else None
-                out.append(_GatedRoute(route.path, route.path_regex, frozenset(route.methods), scope))
-    return out
-
-
-class _Gate:
-    """Runs before routing reads a request's body: the API key its route needs is checked first
-    (401/403, the body never read), then the body is read here and refused (413) once it passes
-    ``limit`` bytes, whatever its transfer encoding (Content-Length or chunked). The handler then
-    gets the body already read."""
-
-    def __init__(self, app, routes: list[_GatedRoute], limit: int = MAX_BODY_BYTES):
-        self.app = app
-        self.routes = routes
-        self.limit = limit
-
-    def _route(self, scope) -> _GatedRoute | None:
-        path = scope["path"]
-        root = scope.get("root_path") or ""
-        if root and path.startswith(root):
-            path = path[len(root):]
-        for route in self.routes:
-            if scope["method"] in route.methods and route.regex.match(path):
-                return route
-        return None
-
-    async def _refuse(self, scope, receive, send, route, response: Response) -> None:
-        metrics: Metrics = scope["app"].state.metrics
-        metrics.requests.labels("", route.path if route else UNMATCHED, str(response.status_code)).inc()
-        await response(scope, receive, send)
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        route = self._route(scope)
-        needed = route.key_scope if route else None
-        if needed is not None:
-            headers = dict(scope.get("headers") or ())
-            authorization = headers.get(b"authorization")
-            try:
-                scope["app"].state.keys.check(authorization.decode("latin-1") if authorization else None, needed)
-            except RequestError as err:
-                await self._refuse(scope, receive, send, route, error_response(
-                    err.status, err.message, type=err.type, param=err.param, code=err.code))
-                return
-        for key, value in scope.get("headers", ()):
-            if key == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await self._refuse(scope, receive, send, route, _too_large(f"{int(value)} bytes", self.limit))
-                return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away before its body was read
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await self._refuse(scope, receive, send, route, _too_large(f"over {self.limit} bytes", self.limit))
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # then http.disconnect, as the server sends it
-
-        await self.app(scope, replay, send)
-
-
-def _too_large(size: str, limit: int) -> JSONResponse:
-    return error_response(413, f"The request body is {size}; the limit is {limit}.", code="request_too_large")
-
-
-def _param(loc: Sequence[Any]) -> str | None:
-    parts = [p for p in loc if p != "body"]
-    out = ""
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        elif p in ("str", "int", "float", "bool") or "[" in str(p):
-            continue  # pydantic's union branch names are not parameters
-        else:
-            out += ("." if out else "") + str(p)
-    return out or None
-
-
-def _endpoint(request: Request) -> str:
-    """The metrics label of a request's endpoint: its route template; every unknown path shares one."""
-    return getattr(request.scope.get("route"), "path", None) or UNMATCHED
-
-
-def _count_error(request: Request, status: int) -> None:
-    metrics: Metrics = request.app.state.metrics
-    model = getattr(request.state, "model", "") or ""
-    metrics.requests.labels(model, _endpoint(request), str(status)).inc()
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RequestError)
-    async def _request_error(request: Request, exc: RequestError):
-        _count_error(request, exc.status)
-        return error_response(exc.status, exc.message, type=exc.type, param=exc.param, code=exc.code,
-                              headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError):
-        _count_error(request, 400)
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
-        if first.get("type") == "json_invalid":
-            return error_response(400, f"The request body is not valid JSON: {first.get('ctx', {}).get('error', '')}",
-                                  code="invalid_json")
-        param = (first.get("ctx") or {}).get("param") or _param(first.get("loc", ()))
-        msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-        if first.get("type") == "missing":
-            message = f"Missing required parameter: '{param}'." if param else "The request body is missing."
-        else:
-            message = f"Invalid value for '{param}': {msg}." if param else f"Invalid request: {msg}."
-        return error_response(400, message, param=param, code="invalid_value" if first.get("type") != "missing"
-                              else "missing_required_parameter")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        _count_error(request, exc.status_code)
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        message = str(exc.detail)
-        if exc.status_code == 404:
-            message = f"Unknown path {request.method} {request.url.path}."
-        elif exc.status_code == 405:
-            message = f"Method {request.method} is not allowed on {request.url.path}."
-        return error_response(exc.status_code, message, type=kind, headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        log.exception("unhandled error on %s", request.url.path)
-        _count_error(request, 500)
-        return error_response(500, "Internal server error; see the server log.", type="server_error")
-
-
-def _require(scope: str):
-    async def check(request: Request) -> None:
-        keys: KeyStore = request.app.state.keys
-        current_key.set(keys.check(request.headers.get("authorization"), scope))  # usage is billed to it
-
-    return check
-
-
-require_user = Depends(_require(USER))
-require_admin = Depends(_require(ADMIN))
 
 
 def _stream_or_json(result, route: dict | None = None) -> Response:
@@ -292,60 +103,6 @@ async def _unless_disconnected(request: Request, work: Awaitable) -> Any:
             task.cancel()
 
 
-_ERROR = {"model": ErrorResponse, "description": "An error in OpenAI's shape"}
-
-
-_SSE_EVENT = {"type": "object", "required": ["data"], "description": "one server-sent event",
-              "properties": {"data": {"type": "string", "description": "a JSON chunk; the last one is [DONE]"}}}
-
-
-def _generation(body: type) -> dict:
-    """The responses of a generation endpoint: the whole completion, or SSE chunks when streaming."""
-    return {200: {"model": body, "description": "The completion (JSON), or with stream=true its chunks (SSE)",
-                  "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
-            404: _ERROR, 429: _ERROR, 503: _ERROR}
-
-
-def _openapi_document(app: FastAPI, routes: list[_GatedRoute]) -> dict:
-    """FastAPI's document, told what the gate and the error handlers really do: errors are 400s in
-    OpenAI's shape (never 422), a body can be refused with 413, a route that needs a key says so
-    (bearer) and can answer 401 (and 403 for the admin scope)."""
-    if app.openapi_schema:
-        return app.openapi_schema
-    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    scopes = {(re.sub(r":\w+}", "}", r.path), m.lower()): r.key_scope for r in routes for m in r.methods}
-    error = {"description": "An error in OpenAI's shape",
-             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
-    for path, ops in doc.get("paths", {}).items():
-        for method, op in ops.items():
-            responses = op.setdefault("responses", {})
-            if responses.get("422", {}).get("description") == "Validation Error":
-                del responses["422"]  # FastAPI's default; the handlers answer 400
-            if op.get("requestBody") or op.get("parameters"):
-                responses.setdefault("400", error)
-            if op.get("requestBody"):
-                responses.setdefault("413", error)
-            key_scope = scopes.get((path, method))
-            if key_scope is not None:
-                op["security"] = [{"bearer": []}]
-                responses.setdefault("401", error)
-                if key_scope == ADMIN:
-                    responses.setdefault("403", error)
-    components = doc.setdefault("components", {})
-    components.setdefault("schemas", {})["ErrorResponse"] = ErrorResponse.model_json_schema(
-        ref_template="#/components/schemas/{model}")
-    for name, sub in ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}").get(
-            "$defs", {}).items():
-        components["schemas"].setdefault(name, sub)
-    components["schemas"]["ErrorResponse"].pop("$defs", None)
-    for unused in ("HTTPValidationError", "ValidationError"):
-        components["schemas"].pop(unused, None)
-    components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
-                                                "description": "an API key: `onramp keys create NAME`"}}
-    app.openapi_schema = doc
-    return doc
-
-
 def _model_label(slots: Slots, model: str) -> str:
     """The metrics label of a request's model: the served name (an alias counts as its model)."""
     return slots.resolve(model) if slots.live(model) is not None else "unknown"
@@ -354,29 +111,25 @@ def _model_label(slots: Slots, model: str) -> str:
 def _openai_router() -> APIRouter:
     router = APIRouter()
 
-    @router.post("/v1/chat/completions", dependencies=[require_user], responses=_generation(ChatCompletionResponse))
+    async def generate(request: Request, body, work: Callable[[OpenAIService], Awaitable]) -> Response:
+        request.state.model = _model_label(request.app.state.slots, body.model)
+        service: OpenAIService = request.app.state.service
+        route = _route(request, body.user)
+        return _stream_or_json(await _unless_disconnected(request, work(service)), route)
+
+    @router.post("/v1/chat/completions", dependencies=[require_user],
+                 responses=generation_responses(ChatCompletionResponse))
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        request.state.model = _model_label(request.app.state.slots, body.model)
-        service: OpenAIService = request.app.state.service
-        route = _route(request, body.user)
-        work = service.chat(body, endpoint="/v1/chat/completions")
-        return _stream_or_json(await _unless_disconnected(request, work), route)
+        return await generate(request, body, lambda s: s.chat(body, endpoint="/v1/chat/completions"))
 
-    @router.post("/chat/completions", dependencies=[require_user], responses=_generation(ChatCompletionResponse))
+    @router.post("/chat/completions", dependencies=[require_user],
+                 responses=generation_responses(ChatCompletionResponse))
     async def pplx_chat_completions(body: ChatCompletionRequest, request: Request):
-        request.state.model = _model_label(request.app.state.slots, body.model)
-        service: OpenAIService = request.app.state.service
-        route = _route(request, body.user)
-        work = service.chat(body, endpoint="/chat/completions", pplx=True)
-        return _stream_or_json(await _unless_disconnected(request, work), route)
+        return await generate(request, body, lambda s: s.chat(body, endpoint="/chat/completions", pplx=True))
 
-    @router.post("/v1/completions", dependencies=[require_user], responses=_generation(CompletionResponse))
+    @router.post("/v1/completions", dependencies=[require_user], responses=generation_responses(CompletionResponse))
     async def completions(body: CompletionRequest, request: Request):
-        request.state.model = _model_label(request.app.state.slots, body.model)
-        service: OpenAIService = request.app.state.service
-        route = _route(request, body.user)
-        work = service.completion(body, endpoint="/v1/completions")
-        return _stream_or_json(await _unless_disconnected(request, work), route)
+        return await generate(request, body, lambda s: s.completion(body, endpoint="/v1/completions"))
 
     def _model_card(live, alias: str | None = None) -> dict:
         info = live.engine.describe()
@@ -391,7 +144,7 @@ def _openai_router() -> APIRouter:
         return {"object": "list", "data": cards}
 
     @router.get("/v1/models/{name:path}", dependencies=[require_user],
-                responses={200: {"model": ModelCard}, 404: _ERROR})
+                responses={200: {"model": ModelCard}, 404: ERROR})
     async def get_model(name: str, request: Request):
         slots: Slots = request.app.state.slots
         live = slots.live(name)
@@ -440,7 +193,7 @@ def _admin_router() -> APIRouter:
     async def admin_models(request: Request):
         return {"models": admin.detailed_status(request.app.state.slots, getattr(request.app.state, "follower", None))}
 
-    @router.post("/models/{name}/swap", responses={200: {"model": SwapResponse}, 404: _ERROR})
+    @router.post("/models/{name}/swap", responses={200: {"model": SwapResponse}, 404: ERROR})
     async def swap(name: str, body: SwapRequest, request: Request):
         slots: Slots = request.app.state.slots
         config: ServeConfig = request.app.state.config
@@ -452,7 +205,7 @@ def _admin_router() -> APIRouter:
                 "previous_version": previous.version if previous else None,
                 "seconds": round(time.perf_counter() - t0, 2)}
 
-    @router.delete("/models/{name}", responses={200: {"model": RemoveResponse}, 404: _ERROR})
+    @router.delete("/models/{name}", responses={200: {"model": RemoveResponse}, 404: ERROR})
     async def remove(name: str, request: Request):
         await request.app.state.slots.remove(name)
         return {"model": name, "removed": True}
@@ -509,7 +262,7 @@ def build_app(config: ServeConfig | Any | None = None, *, slots: Slots | None = 
     app.state.service = OpenAIService(slots, metrics, log_prompts=config.log_prompts,
                                       default_max_tokens=config.default_max_tokens, usage=usage,
                                       max_n=config.max_n)
-    _install_error_handlers(app)
+    install_error_handlers(app)
     routers = [_openai_router(), _ops_router(), _admin_router()]
     try:
         from flows.webhook import router as webhook_router
@@ -520,11 +273,11 @@ def build_app(config: ServeConfig | Any | None = None, *, slots: Slots | None = 
         routers.append(webhook_router)
     for router in routers:
         app.include_router(router)
-    gated = _gated_routes(routers)
-    app.add_middleware(_Gate, routes=gated)
+    gated = gated_routes(routers)
+    app.add_middleware(Gate, routes=gated)
     app.state.drain = Drain()  # SIGTERM drain (serving.drain): outermost, counts requests in flight
     app.add_middleware(DrainGate, drain=app.state.drain, metrics=metrics)
-    app.openapi = lambda: _openapi_document(app, gated)
+    app.openapi = lambda: openapi_document(app, gated)
     return app
 
 

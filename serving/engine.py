@@ -2,9 +2,11 @@
 
 An engine turns a :class:`GenerationRequest` into an async stream of :class:`Delta` s (new text,
 how many tokens so far, and on the last one the finish reason), can abort a request, can be
-closed (freeing its memory) and describes itself (:class:`EngineInfo`). Backends live in
-``serving/engines/`` and are picked from the engine manifest by ``serving.engines.load_engine``;
-nothing outside a backend's own module branches on the backend.
+closed (freeing its memory) and describes itself (:class:`EngineInfo`). Each backend plugin
+(``builders.backends``) names its engine class; ``serving.engines.load_engine`` picks it from the
+engine manifest. What every engine does before its runtime (chat template, context and
+``max_tokens`` policy) is :mod:`serving.prompting`; nothing outside a backend's own module
+branches on the backend.
 """
 
 from __future__ import annotations

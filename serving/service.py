@@ -2,25 +2,25 @@
 
 Handlers in :mod:`serving.app` stay thin; this module owns admission (a lease on the slot's
 live engine, or 404/429/503), the first-token wait (so errors about the request become proper
-HTTP errors, not a broken stream), response shapes, and metrics.
+HTTP errors, not a broken stream) and metrics; :mod:`serving.responses` shapes the deltas into
+responses and SSE chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 from collections.abc import AsyncIterator
 
-from serving.choices import Choice, Tally, chat_logprobs, tool_call_deltas
+from serving.choices import Choice, Tally
 from serving.engine import ChatMessage, Delta, GenerationRequest, SamplingParams
 from serving.errors import RequestError
 from serving.metrics import Metrics
 from serving.protocol import ChatCompletionRequest, CompletionRequest, format_names, ignored_fields
+from serving.responses import chat_chunks, chat_full, completion_chunks, completion_full, pplx_chunks
 from serving.routing import ROUTE, Router
 from serving.slots import Lease, Slots
 from serving.structured import response_format_constraint
@@ -30,19 +30,6 @@ from serving.usage import UsageMeter, current_key
 log = logging.getLogger(__name__)
 
 __all__ = ["OpenAIService"]
-
-_DONE = b"data: [DONE]\n\n"
-
-
-try:  # orjson serializes a chunk ~5x faster than json; the output is the same compact JSON
-    import orjson
-
-    def _sse(obj: dict) -> bytes:
-        return b"data: " + orjson.dumps(obj) + b"\n\n"
-except ImportError:  # pragma: no cover
-    def _sse(obj: dict) -> bytes:
-        return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
-
 
 @dataclass
 class _Run:
@@ -227,92 +214,11 @@ class OpenAIService:
 
         choices = [new_choice(i) for i in range(req.n)]
         if not req.stream:
-            return await self._chat_full(run, request_id, created, pplx, choices)
+            return await chat_full(self._deltas(run), request_id, created, run.model, pplx, choices)
         if pplx:
-            return self._pplx_chunks(run, request_id, created, choices)
+            return pplx_chunks(self._deltas(run), request_id, created, run.model, choices)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return self._chat_chunks(run, request_id, created, include_usage, choices)
-
-    async def _chat_full(self, run: _Run, request_id: str, created: int, pplx: bool,
-                         choices: list[Choice]) -> dict:
-        tally = Tally()
-        async for d in self._deltas(run):
-            tally.add(d)
-            choices[d.index].feed(d)
-        out = []
-        for c in choices:
-            choice: dict[str, Any] = {"index": c.index, "message": c.message(),
-                                      "logprobs": {"content": chat_logprobs(c.logprobs)}
-                                      if c.logprobs is not None else None,
-                                      "finish_reason": c.finish_reason}
-            if pplx:
-                choice["delta"] = dict(choice["message"])
-            out.append(choice)
-        return {"id": request_id, "object": "chat.completion", "created": created, "model": run.model,
-                "choices": out, "usage": tally.usage()}
-
-    async def _chat_chunks(self, run: _Run, request_id: str, created: int, include_usage: bool,
-                           choices: list[Choice]):
-        base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": run.model}
-
-        def chunk(index: int, delta: dict, finish: str | None = None, logprobs: list | None = None) -> bytes:
-            obj = {**base, "choices": [{"index": index, "delta": delta,
-                                        "logprobs": {"content": logprobs} if logprobs is not None else None,
-                                        "finish_reason": finish}]}
-            if include_usage:
-                obj["usage"] = None
-            return _sse(obj)
-
-        tally = Tally()
-        try:
-            for c in choices:
-                yield chunk(c.index, {"role": "assistant", "content": ""})
-            async for d in self._deltas(run):
-                tally.add(d)
-                c = choices[d.index]
-                pieces = c.feed(d)
-                text = "".join(p.content for p in pieces if p.content is not None)
-                calls = tool_call_deltas(pieces)
-                lps = chat_logprobs(d.logprobs) if d.logprobs else None
-                if text or lps:
-                    yield chunk(c.index, {"content": text}, None, lps)
-                if calls:
-                    yield chunk(c.index, {"tool_calls": calls})
-                if d.finish_reason is not None:
-                    yield chunk(c.index, {}, c.finish_reason)
-            if include_usage:
-                yield _sse({**base, "choices": [], "usage": tally.usage()})
-        except RequestError as err:
-            yield _sse({"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}})
-        except Exception as err:  # noqa: BLE001 - the stream already started: report in-band
-            log.exception("stream %s failed", request_id)
-            yield _sse({"error": {"message": f"generation failed: {err}", "type": "server_error",
-                                  "param": None, "code": None}})
-        yield _DONE
-
-    async def _pplx_chunks(self, run: _Run, request_id: str, created: int, choices: list[Choice]):
-        """pplx-api's wire format: every chunk carries the cumulative message and running usage."""
-        base = {"id": request_id, "model": run.model, "created": created}
-        tally = Tally()
-        try:
-            async for d in self._deltas(run):
-                tally.add(d)
-                c = choices[d.index]
-                pieces = c.feed(d)
-                text = "".join(p.content for p in pieces if p.content is not None)
-                calls = tool_call_deltas(pieces)
-                if text or calls or d.finish_reason is not None:
-                    delta: dict[str, Any] = {"role": "assistant", "content": text}
-                    if calls:
-                        delta["tool_calls"] = calls
-                    yield _sse({**base, "usage": tally.usage(), "object": "chat.completion", "choices": [
-                        {"index": c.index, "finish_reason": c.finish_reason if d.finish_reason else None,
-                         "message": c.message(), "delta": delta}]})
-        except Exception as err:  # noqa: BLE001
-            log.exception("stream %s failed", request_id)
-            yield _sse({"error": {"message": f"generation failed: {err}", "type": "server_error",
-                                  "param": None, "code": None}})
-        yield _DONE
+        return chat_chunks(self._deltas(run), request_id, created, run.model, include_usage, choices)
 
     # ------------------------------------------------------------------ completions
     async def completion(self, req: CompletionRequest, *, endpoint: str) -> dict | AsyncIterator[bytes]:
@@ -333,70 +239,8 @@ class OpenAIService:
         created = int(time.time())
         echo = "" if not req.echo else prompt if ids is None else ""
         if not req.stream:
-            tally = Tally()
-            parts: list[list[str]] = [[echo] for _ in range(req.n)]
-            lps: list[list] = [[] for _ in range(req.n)]
-            finish: list[str | None] = [None] * req.n
-            async for d in self._deltas(run):
-                tally.add(d)
-                if d.prompt_logprobs is not None:  # echo: the prompt's tokens come first
-                    lps[d.index][:0] = d.prompt_logprobs
-                    if ids is not None:
-                        parts[d.index].insert(0, "".join(t.token for t in d.prompt_logprobs))
-                parts[d.index].append(d.text)
-                lps[d.index].extend(d.logprobs or ())
-                if d.finish_reason is not None:
-                    finish[d.index] = d.finish_reason
-            choices = []
-            for i in range(req.n):
-                logprobs = None
-                if want_lp:
-                    offsets, pos = [], 0 if lps[i] and lps[i][0].logprob is None else len(echo)
-                    tokens, token_lps, tops = [], [], []
-                    for t in lps[i]:
-                        offsets.append(pos)
-                        tokens.append(t.token)
-                        token_lps.append(t.logprob)
-                        tops.append(dict(t.top) if t.logprob is not None else None)  # the first prompt token
-                        pos += len(t.token)
-                    logprobs = {"tokens": tokens, "token_logprobs": token_lps,
-                                "top_logprobs": tops if req.logprobs else None, "text_offset": offsets}
-                choices.append({"text": "".join(parts[i]), "index": i, "logprobs": logprobs,
-                                "finish_reason": finish[i]})
-            return {"id": request_id, "object": "text_completion", "created": created, "model": run.model,
-                    "choices": choices, "usage": tally.usage()}
+            return await completion_full(self._deltas(run), request_id, created, run.model, echo=echo,
+                                         by_ids=ids is not None, n=req.n, want_lp=want_lp, top=bool(req.logprobs))
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return self._completion_chunks(run, request_id, created, echo, include_usage, want_lp, req.n,
-                                       bool(req.logprobs))
-
-    async def _completion_chunks(self, run: _Run, request_id: str, created: int, echo: str, include_usage: bool,
-                                 want_lp: bool, n: int = 1, top: bool = False):
-        base = {"id": request_id, "object": "text_completion", "created": created, "model": run.model}
-
-        def chunk(index: int, text: str, finish: str | None, d: Delta | None = None) -> bytes:
-            lp = None
-            if want_lp and d is not None and d.logprobs is not None:
-                lp = {"tokens": [t.token for t in d.logprobs], "token_logprobs": [t.logprob for t in d.logprobs],
-                      "top_logprobs": [dict(t.top) for t in d.logprobs] if top else None, "text_offset": []}
-            obj = {**base, "choices": [{"text": text, "index": index, "logprobs": lp, "finish_reason": finish}]}
-            if include_usage:
-                obj["usage"] = None
-            return _sse(obj)
-
-        tally = Tally()
-        try:
-            if echo:
-                for i in range(n):
-                    yield chunk(i, echo, None)
-            async for d in self._deltas(run):
-                tally.add(d)
-                if d.text or d.finish_reason is not None:
-                    yield chunk(d.index, d.text, d.finish_reason, d)
-            if include_usage:
-                yield _sse({**base, "choices": [], "usage": tally.usage()})
-        except Exception as err:  # noqa: BLE001
-            log.exception("stream %s failed", request_id)
-            yield _sse({"error": {"message": f"generation failed: {err}", "type": "server_error",
-                                  "param": None, "code": None}})
-        yield _DONE
-
+        return completion_chunks(self._deltas(run), request_id, created, run.model, echo, include_usage, want_lp,
+                                 req.n, bool(req.logprobs))

@@ -67,6 +67,7 @@ def onramp_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("ONRAMP_HOME", str(home))
     monkeypatch.setenv("ONRAMP_CACHE_DIR", str(TEST_CACHE))
     monkeypatch.delenv("ONRAMP_CONFIG", raising=False)
+    monkeypatch.setenv("ONRAMP_TUNE_BUDGET_S", "0")  # the onboard flow's tune step: off unless a test turns it on
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("DO_NOT_TRACK", "1")
     return home

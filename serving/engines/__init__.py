@@ -1,8 +1,10 @@
-"""Engine backends, registered lazily by name: importing this never imports a backend library.
+"""Engine backends, found by name: importing this never imports a backend library.
 
 ``load_engine(engine_dir, name=None)`` reads the engine's ``manifest.json`` (through
-``builders.manifest.read_manifest``), verifies its files, and hands the directory to the class
-registered for ``manifest.backend``. Third-party backends join with :func:`register_backend`.
+``builders.manifest.read_manifest``), verifies its files, and hands the directory to the engine
+class of the backend plugin ``manifest.backend`` names (``builders.backends``: the built-in
+backends and the ``onramp.backends`` entry points). :func:`register_backend` overrides the
+engine class of one backend name in this process.
 """
 
 from __future__ import annotations
@@ -23,30 +25,38 @@ from serving.errors import EngineLoadError
 
 log = logging.getLogger(__name__)
 
-_BACKENDS: dict[str, str] = {
-    "openvino": "serving.engines.openvino:OpenVINOEngine",
-    "tensorrt_llm": "serving.engines.trtllm:TRTLLMEngine",
-}
+_OVERRIDES: dict[str, str] = {}  # backend name -> "module:Class", set in this process
 
 __all__ = ["backend_class", "backends", "load_engine", "read_engine_manifest", "register_backend"]
 
 
 def register_backend(name: str, target: str) -> None:
-    """Register ``"module:Class"`` for manifests whose ``backend`` is ``name``."""
-    _BACKENDS[name] = target
+    """Serve manifests whose ``backend`` is ``name`` with ``"module:Class"`` (instead of the plugin's)."""
+    _OVERRIDES[name] = target
 
 
 def backends() -> list[str]:
-    return sorted(_BACKENDS)
+    from builders.backends import backend_names
+
+    return sorted({*backend_names(), *_OVERRIDES})
 
 
 def backend_class(name: str) -> type:
-    target = _BACKENDS.get(name)
+    target = _OVERRIDES.get(name)
     if target is None:
-        near = difflib.get_close_matches(name, _BACKENDS, n=1)
-        hint = f"did you mean {near[0]!r}? " if near else ""
-        raise EngineLoadError(f"unknown engine backend {name!r}",
-                              f"{hint}known backends: {', '.join(backends())}; rebuild the engine with one of them")
+        from builders.backends import get_backend
+
+        known = backends()
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise EngineLoadError(f"unknown engine backend {name!r}",
+                                  f"{hint}known backends: {', '.join(known)}; rebuild the engine with one of them")
+        try:
+            target = get_backend(name).engine
+        except (ImportError, AttributeError) as exc:
+            raise EngineLoadError(f"the {name!r} backend plugin cannot be loaded: {exc}",
+                                  "reinstall the package that provides it") from None
     module_name, _, cls_name = target.partition(":")
     module = importlib.import_module(module_name)
     return getattr(module, cls_name)

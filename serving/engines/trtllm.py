@@ -19,7 +19,8 @@ from typing import Any
 from collections.abc import AsyncIterator
 
 from serving.engine import Constraint, Delta, EngineInfo, GenerationRequest, SamplingParams, TokenLogprob
-from serving.errors import BackendUnavailable, ContextLengthError, RequestError
+from serving.errors import BackendUnavailable, RequestError
+from serving.prompting import prepare_prompt, render_chat
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,10 @@ class TRTLLMEngine:
         kwargs = llm_kwargs(self.engine_dir, manifest) | {k: v for k, v in options.items() if k == "kv_cache_config"}
         self._llm = LLM(**kwargs)
         self._tokenizer = self._llm.tokenizer
+        template_file = self.engine_dir / "chat_template.jinja"
+        inner = getattr(self._tokenizer, "tokenizer", None)  # TensorRT-LLM wraps the transformers tokenizer
+        self._chat_template = template_file.read_text() if template_file.is_file() else str(
+            getattr(self._tokenizer, "chat_template", None) or getattr(inner, "chat_template", None) or "")
         layout = getattr(manifest, "layout", None)
         self._info = EngineInfo(
             name=name, backend=self.backend, version=str(getattr(manifest, "build_id", ""))[:12],
@@ -152,30 +157,24 @@ class TRTLLMEngine:
     def describe(self) -> EngineInfo:
         return self._info
 
-    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        if request.prompt_ids is not None:
-            return list(request.prompt_ids)
-        if request.messages is not None:
-            from serving.tools import chat_history
-
-            template = getattr(self._tokenizer, "chat_template", None) or ""
-            history, tools = chat_history(list(request.messages), request.tools, str(template))
-            extra = {"tools": tools} if tools else {}
-            text = self._tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True, **extra)
-        else:
-            text = request.prompt or ""
+    def _encode(self, text: str) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=False))
 
+    def _apply_template(self, history: list[dict], template: str, tools: list[dict] | None) -> str:
+        extra = {"tools": tools} if tools else {}
+        return self._tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True,
+                                                   chat_template=template, **extra)
+
+    def render_chat(self, messages, tools: list[dict] | None = None) -> str:
+        return render_chat(self._apply_template, self._chat_template, messages, tools, model=self._info.name)
+
+    def _prepare(self, request: GenerationRequest) -> tuple[list[int], int]:
+        vocab = len(self._tokenizer) if hasattr(self._tokenizer, "__len__") else 1 << 31
+        return prepare_prompt(request, encode=self._encode, render=self.render_chat, vocab_size=vocab,
+                              max_context=self._info.max_context)
+
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        ids = await asyncio.to_thread(self._prompt_ids, request)
-        limit = self._info.max_context
-        if len(ids) >= limit:
-            raise ContextLengthError(f"the prompt has {len(ids)} tokens; the context is {limit}", param="messages")
-        max_new = request.sampling.max_tokens or min(limit - len(ids),
-                                                     request.sampling.max_tokens_default or limit)
-        if len(ids) + max_new > limit:
-            raise ContextLengthError(f"This model's maximum context length is {limit} tokens; the prompt has "
-                                     f"{len(ids)} and max_tokens is {max_new}. Lower max_tokens.")
+        ids, max_new = await asyncio.to_thread(self._prepare, request)
         try:
             kw = sampling_kwargs(request.sampling, max_new, getattr(self._tokenizer, "eos_token_id", None))
             if "guided_decoding" in kw:

@@ -201,7 +201,7 @@ def test_trtllm_parameters():
 def test_scoring_helpers():
     import numpy as np
 
-    from serving.scoring import log_softmax, top_k
+    from serving.engines.ov_scoring import log_softmax, top_k
 
     lp = log_softmax(np.array([[1.0, 3.0, 2.0, 0.5]]))[0]
     assert np.exp(lp).sum() == pytest.approx(1.0)
