@@ -33,8 +33,10 @@ def _engine(arg: str | None) -> Path:
 
 def _bench(label: str, reg, engine: Path, size_mb: float) -> None:
     from builders.manifest import read_manifest
+    from registry.names import registered_name
 
-    name = read_manifest(engine).name
+    manifest = read_manifest(engine)
+    name = registered_name(manifest.source.repo if manifest.source else None, manifest.name)
     reg.experiment_id()  # MLflow creates and migrates the SQLite database: not part of the numbers
     reg.list_models()
     t = time.perf_counter()

@@ -7,7 +7,18 @@ subprocess) with one light asyncio httpx client streaming /v1/chat/completions. 
 generates exactly --max-tokens tokens (ignore_eos), so both modes do the same work.
 
     .venv/bin/python benchmarks/serving_bench.py [--engine DIR] [--concurrency 1,4,16]
-        [--max-tokens 128] [--rounds 3] [--repeat 1] [--mode both|inproc|server]
+        [--max-tokens 128] [--rounds 3] [--repeat 1] [--mode both|inproc|server] [--against CHECKOUT] [--raw]
+
+``--against CHECKOUT`` (another git worktree or a copy of the repository, e.g. ``git archive main``
+unpacked) runs a second `onramp serve` from that checkout's code beside this one's (mode server),
+alternating the two round by round at each level, and prints this checkout's server over that
+one's: per-stream decode tok/s and throughput, median of the per-round ratios. That is how a change
+to the engine loop is measured on a machine whose background load drifts.
+
+``--raw`` adds, at concurrency 1, OpenVINO without onramp in this process, in the same alternation:
+``openvino_genai.LLMPipeline.generate`` and a bare ``ContinuousBatchingPipeline`` step loop, both
+with the engine's recorded properties and scheduler settings, and prints the server's per-stream
+decode speed over the bare step loop's (what the engine loop, HTTP and SSE cost).
 
 Without --engine it uses (building it once if needed) the reference model's int8 OpenVINO engine
 in the test cache.
@@ -102,15 +113,63 @@ def inproc_runner(engine_dir: Path, max_seqs: int, max_tokens: int):
     return engine, one
 
 
-def start_server(engine_dir: Path, max_seqs: int, port: int):
-    """``onramp serve`` for the engine, auth off, as a child process (serving.process); not yet ready."""
+def raw_runners(engine_dir: Path, max_tokens: int) -> dict:
+    """OpenVINO GenAI alone, same properties and scheduler as the engine: name -> () -> Sample."""
+    import numpy as np
+    import openvino as ov
+    import openvino_genai as ov_genai
+    from tokenizers import Tokenizer
+
+    from builders.ov_runtime import load_properties, scheduler_settings
+
+    props = load_properties(engine_dir)
+    tokenizer = ov_genai.Tokenizer(str(engine_dir))
+    text = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True)
+    ids = Tokenizer.from_file(str(engine_dir / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+    config = ov_genai.GenerationConfig()
+    config.update_generation_config(max_new_tokens=max_tokens, ignore_eos=True, do_sample=False)
+    sched = ov_genai.SchedulerConfig()
+    for key, value in scheduler_settings(engine_dir).items():
+        setattr(sched, key, value)
+    cb = ov_genai.ContinuousBatchingPipeline(str(engine_dir), tokenizer, sched, "CPU", **props)
+    llm = ov_genai.LLMPipeline(str(engine_dir), "CPU", **props)
+    rids = iter(range(1 << 30))
+
+    def step_loop() -> Sample:
+        t0 = time.perf_counter()
+        handle = cb.add_request(next(rids), ov.Tensor(np.asarray([ids], dtype=np.int64)), config)
+        first, n = None, 0
+        while cb.has_non_finished_requests():
+            cb.step()
+            if handle.can_read():
+                n += sum(len(o.generated_ids) for o in handle.read().values())
+                if first is None and n:
+                    first = time.perf_counter() - t0
+        return Sample(first or 0.0, time.perf_counter() - t0, n)
+
+    def generate() -> Sample:
+        t0 = time.perf_counter()
+        result = llm.generate(ov.Tensor(np.asarray([ids], dtype=np.int64)), config)
+        total = time.perf_counter() - t0
+        return Sample(result.perf_metrics.get_ttft().mean / 1000, total, max_tokens)
+
+    return {"LLMPipeline.generate": generate, "ContinuousBatchingPipeline step loop": step_loop}
+
+
+def start_server(engine_dir: Path, max_seqs: int, port: int, checkout: Path | None = None):
+    """``onramp serve`` for the engine, auth off, as a child process (serving.process); not yet ready.
+    ``checkout``: run the code of that checkout instead of this one's (its directory first on PYTHONPATH)."""
     from serving.process import spawn_server
 
     home = Path(os.environ.get("ONRAMP_HOME", str(REPO / ".cache" / "bench-home")))
+    env = {**os.environ, "ONRAMP_HOME": str(home)}
+    code = checkout or REPO
+    env["PYTHONPATH"] = os.pathsep.join([str(code), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                                       if p and Path(p).resolve() != REPO]])
     cmd = [sys.executable, "-m", "onramp", "serve", "--engine", f"bench={engine_dir}", "--no-auth",
            "--port", str(port), "--max-queue", str(max_seqs * 2)]
-    return spawn_server(cmd, url=f"http://127.0.0.1:{port}", log=home / "serving-bench.log",
-                        env={**os.environ, "ONRAMP_HOME": str(home)}, what="onramp serve")
+    log = home / ("serving-bench.log" if checkout is None else "serving-bench-against.log")
+    return spawn_server(cmd, url=f"http://127.0.0.1:{port}", log=log, env=env, cwd=code, what="onramp serve")
 
 
 def http_runner(client, max_tokens: int):
@@ -135,42 +194,62 @@ def http_runner(client, max_tokens: int):
 
 
 async def run(engine_dir: Path, levels: list[int], max_tokens: int, rounds: int, port: int, mode: str,
-              repeat: int = 1):
+              repeat: int = 1, against: Path | None = None, against_port: int = 0, raw: bool = False):
     """Both modes, level by level (in-process, then server, at each level, ``repeat`` times), so
-    that changes in the machine's background load hit both alike."""
+    that changes in the machine's background load hit both alike. With ``against``, the server of
+    that checkout takes its turn after this one's in every repeat (its levels come back third)."""
     import httpx
 
     import psutil
 
     max_seqs = max(levels)
-    engine = server = None
+    engine = server = other = None
     inproc: list[Level] = []
     served: list[Level] = []
+    theirs: list[Level] = []
+    bare: dict[str, list[Level]] = {}
     try:
         server = start_server(engine_dir, max_seqs, port) if mode in ("both", "server") else None
+        if against is not None and server is not None:
+            other = start_server(engine_dir, max_seqs, against_port, checkout=against)
         me = psutil.Process()
         server_procs = {"client": me} | ({"server": psutil.Process(server.proc.pid)} if server else {})
+        other_procs = {"client": me} | ({"server": psutil.Process(other.proc.pid)} if other else {})
         if mode in ("both", "inproc"):
             engine, one_inproc = inproc_runner(engine_dir, max_seqs, max_tokens)
             await one_inproc(-1)  # warm-up
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600,
-                                     limits=httpx.Limits(max_connections=max_seqs + 4)) as client:
+        runners = raw_runners(engine_dir, max_tokens) if raw else {}
+        for fn in runners.values():
+            fn()  # warm-up
+        limits = httpx.Limits(max_connections=max_seqs + 4)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits) as client, \
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{against_port}", timeout=600, limits=limits) as client2:
             one_http = http_runner(client, max_tokens)
-            if server is not None:
-                await asyncio.to_thread(server.wait_ready, timeout=600)
-                await one_http(-1)  # warm-up
+            one_other = http_runner(client2, max_tokens)
+            for s, one in ((server, one_http), (other, one_other)):
+                if s is not None:
+                    await asyncio.to_thread(s.wait_ready, timeout=600)
+                    await one(-1)  # warm-up
             for c in levels:
-                for _ in range(repeat):
+                for i in range(repeat):
                     if engine is not None:
                         inproc.append(await closed_loop(one_inproc, c, rounds, {"process": me}))
-                    if server is not None:
-                        served.append(await closed_loop(one_http, c, rounds, server_procs))
+                    pair = [(server, one_http, server_procs, served), (other, one_other, other_procs, theirs)]
+                    for s, one, procs, into in (pair if i % 2 == 0 else pair[::-1]):
+                        if s is not None:
+                            into.append(await closed_loop(one, c, rounds, procs))
+                    if c == 1:
+                        for name, fn in runners.items():
+                            t0 = time.perf_counter()
+                            samples = [fn() for _ in range(rounds)]
+                            bare.setdefault(name, []).append(Level(1, time.perf_counter() - t0, samples))
     finally:
         if engine is not None:
             engine.close()
-        if server is not None:
-            server.stop()
-    return inproc, served
+        for s in (server, other):
+            if s is not None:
+                s.stop()
+    return inproc, served, theirs, bare
 
 
 def table(title: str, levels: list[Level]) -> None:
@@ -207,27 +286,62 @@ def main() -> None:
                     help="alternate in-process and server this many times per level; the ratio is their medians'")
     ap.add_argument("--mode", choices=["both", "inproc", "server"], default="both")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--against", type=Path, default=None, metavar="CHECKOUT",
+                    help="also serve with that checkout's code, alternating with this one (A/B of the server)")
+    ap.add_argument("--raw", action="store_true",
+                    help="also time OpenVINO GenAI alone at concurrency 1 (LLMPipeline.generate, a bare step loop)")
     args = ap.parse_args()
+    if args.against is not None and not (args.against / "onramp").is_dir():
+        raise SystemExit(f"error: --against {args.against} is not a checkout of onramp (it has no onramp/ package)")
     levels = [int(c) for c in args.concurrency.split(",")]
     engine_dir = args.engine or default_engine()
-    port = args.port
-    if not port:
-        from onramp.process import free_port
+    from onramp.process import free_port
 
-        port = free_port()
+    port = args.port or free_port()
+    against_port = free_port() if args.against is not None else 0
     print(f"engine {engine_dir}\n{args.max_tokens} output tokens per request, {args.rounds} requests per client, "
           f"{os.cpu_count()} CPUs")
     from onramp.errors import OnrampError
 
     try:
-        inproc, server = asyncio.run(run(engine_dir, levels, args.max_tokens, args.rounds, port, args.mode,
-                                         args.repeat))
+        inproc, server, theirs, bare = asyncio.run(run(engine_dir, levels, args.max_tokens, args.rounds, port,
+                                                       args.mode, args.repeat, args.against, against_port, args.raw))
     except OnrampError as err:
         raise SystemExit(f"error: {err}") from None
     if inproc:
         table("in-process (engine.stream)", inproc)
     if server:
         table("HTTP server (onramp serve, SSE /v1/chat/completions, one asyncio httpx client)", server)
+    if theirs:
+        table(f"HTTP server of {args.against}", theirs)
+        print(f"\nthis checkout's server / {args.against}'s "
+              f"(median of {len(theirs) // len(levels)} alternating rounds):")
+
+        def decode(lv: Level) -> float:
+            return statistics.median(s.decode_tps for s in lv.samples)
+
+        for c in levels:
+            mine = [lv for lv in server if lv.concurrency == c]
+            other = [lv for lv in theirs if lv.concurrency == c]
+            tput = [a.throughput / b.throughput for a, b in zip(mine, other, strict=True)]
+            dec = [decode(a) / decode(b) for a, b in zip(mine, other, strict=True)]
+            ttft = [b.pct(0.5) / a.pct(0.5) for a, b in zip(mine, other, strict=True)]
+            print(f"  c={c}: decode tok/s/stream {statistics.median(dec):.3f}x, "
+                  f"throughput {statistics.median(tput):.3f}x, TTFT p50 {statistics.median(ttft):.3f}x faster  "
+                  f"(decode per round: "
+                  + " ".join(f"{x:.2f}" for x in dec) + ")")
+    for name, lvs in bare.items():
+        table(f"OpenVINO GenAI alone: {name}", lvs)
+    loop_levels = bare.get("ContinuousBatchingPipeline step loop")
+    if loop_levels:
+        def decode_median(lvs: list[Level]) -> float:
+            return statistics.median(s.decode_tps for lv in lvs for s in lv.samples)
+
+        mine = {"in-process engine": [lv for lv in inproc if lv.concurrency == 1],
+                "server": [lv for lv in server if lv.concurrency == 1],
+                "LLMPipeline.generate": bare.get("LLMPipeline.generate", [])}
+        print("\nper-stream decode at c=1 over the bare step loop's (medians): " + ", ".join(
+            f"{k} {decode_median(v) / decode_median(loop_levels):.1%}" for k, v in mine.items() if v))
     if inproc and server:
         parts = []
         for c in levels:

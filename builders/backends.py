@@ -23,7 +23,8 @@ A backend has (see :class:`Backend`; docs/contracts.md, "Adding a backend"):
 - plan: ``embedding_bytes`` (bytes per weight of the embedding table and an untied LM head when
   the linear layers are quantized; None: as the linear layers), ``max_tp`` (the largest tensor
   parallel group it runs; None: the hardware's devices) and ``layout_dtype(precision, facts)``
-  (the activation dtype a layout of that precision records).
+  (the activation dtype a layout of that precision records);
+- tune (optional): ``tunable = True`` lets ``onramp tune`` rewrite its ``manifest.runtime``.
 """
 
 from __future__ import annotations

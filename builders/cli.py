@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+__all__ = ["register"]
+
 
 def register(app: typer.Typer) -> None:
     @app.command("plan")
@@ -25,17 +27,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List the layouts (TP x precision) of SOURCE on HARDWARE: feasible ones with KV cache and max
         batch, rejected ones with their reason."""
+        from builders.errors import BuilderError
         from builders.planner import plan_source
-        from onramp.cli import fail
-        from onramp.errors import OnrampError
 
         try:
             result = plan_source(source, hardware, revision=revision, seq_len=seq_len, usable_fraction=usable_fraction,
                                  workspace_gib=workspace_gib, memory_gib=memory_gib)
-        except OnrampError as err:
-            fail(err)
-        except ValueError as err:
-            fail(f"bad planner argument: {err}")
+        except ValueError as err:  # (an OnrampError goes to the root CLI as it is)
+            raise BuilderError(f"bad planner argument: {err}") from None
         typer.echo(result.to_json() if as_json else result.table())
 
     @app.command("build")
@@ -60,20 +59,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build SOURCE into an engine directory (or find the finished one) and print its path."""
         from builders.build import build_engine, prepare_build
-        from onramp.cli import fail
-        from onramp.errors import OnrampError
 
         def progress(msg: str) -> None:
             typer.secho(msg, err=True)
 
-        try:
-            if dry_run:
-                typer.echo(prepare_build(source, backend=backend, quant=quant, out_root=out, repo=repo,
-                                         revision=revision, hardware=hardware, tp=tp,
-                                         runtime_precision=runtime_precision).describe())
-                return
-            path = build_engine(source, backend=backend, quant=quant, out_root=out, repo=repo, revision=revision,
-                                hardware=hardware, tp=tp, progress=progress, runtime_precision=runtime_precision)
-        except OnrampError as err:
-            fail(err)
+        if dry_run:
+            typer.echo(prepare_build(source, backend=backend, quant=quant, out_root=out, repo=repo,
+                                     revision=revision, hardware=hardware, tp=tp,
+                                     runtime_precision=runtime_precision).describe())
+            return
+        path = build_engine(source, backend=backend, quant=quant, out_root=out, repo=repo, revision=revision,
+                            hardware=hardware, tp=tp, progress=progress, runtime_precision=runtime_precision)
         typer.echo(str(path))

@@ -90,6 +90,7 @@ class OpenVINOBackend:
     engine = "serving.engines.openvino:OpenVINOEngine"
     embedding_bytes = 1.0  # nncf compresses the embedding table (and an untied LM head) to int8 too
     max_tp = 1  # one process on one device
+    tunable = True  # evals.tune measures its runtime knobs (threads, scheduler) and rewrites manifest.runtime
 
     def layout_dtype(self, precision: str, facts: ModelFacts) -> str:
         """A 16-bit precision is its own dtype; compressed weights compute in the checkpoint's 16-bit dtype."""

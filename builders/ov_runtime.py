@@ -22,8 +22,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_PROPERTIES", "DEFAULT_SCHEDULER", "PRECISION_ENV", "PRECISIONS", "default_runtime",
-           "load_properties", "precision_override", "scheduler_settings"]
+__all__ = ["CPU_LOAD_DEFAULTS", "DEFAULT_PROPERTIES", "DEFAULT_SCHEDULER", "PRECISION_ENV", "PRECISIONS",
+           "default_runtime", "load_properties", "precision_override", "scheduler_settings"]
 
 PRECISION_ENV = "ONRAMP_OPENVINO_PRECISION"
 PRECISIONS = ("f32", "bf16", "f16")
@@ -39,11 +39,22 @@ DEFAULT_PROPERTIES: dict[str, Any] = {
     "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0,
     "EXECUTION_MODE_HINT": "PERFORMANCE",
 }
-# openvino_genai.SchedulerConfig fields (cache_size in GB)
+# Where the CPU plugin's threads run, not what they compute: applied at every CPU load under the
+# recorded properties (a manifest that records its own value wins), so engines built before keep
+# getting it. Pinned inference threads cannot leave a core that the server's event loop, the client
+# or another process is using, and every parallel op of a step then waits for the pinned straggler:
+# unpinned, the server decoded 1.1-1.5x faster per stream on this shared 2-core machine (c=1..16,
+# alternating rounds, same tokens); TTFT with 16 prompts at once was slower (README, Builders).
+CPU_LOAD_DEFAULTS: dict[str, Any] = {
+    "ENABLE_CPU_PINNING": False,
+}
+# openvino_genai.SchedulerConfig fields (cache_size in GB). Prefix caching keeps the KV blocks of
+# finished requests and reuses them for a prompt that starts with the same tokens: a chat turn
+# (system prompt + history) prefills only what is new (benchmarks/prefix_bench.py).
 DEFAULT_SCHEDULER: dict[str, Any] = {
     "cache_size": 1,
     "dynamic_split_fuse": True,
-    "enable_prefix_caching": False,
+    "enable_prefix_caching": True,
 }
 
 
@@ -86,13 +97,16 @@ def _runtime_of(manifest_or_dir: Any) -> dict[str, Any]:
     return {k: (vars(v) if hasattr(v, "__dict__") else v) for k, v in vars(runtime).items()}
 
 
-def load_properties(manifest_or_dir: Any) -> dict[str, Any]:
-    """The OpenVINO properties to load this engine with: its manifest's, the override applied.
+def load_properties(manifest_or_dir: Any, device: str = "CPU") -> dict[str, Any]:
+    """The OpenVINO properties to load this engine with on ``device``: its manifest's (over
+    :data:`CPU_LOAD_DEFAULTS` on a CPU), the override applied.
 
     An engine built before runtime properties were recorded gets :data:`DEFAULT_PROPERTIES`
     (never the device's own defaults).
     """
     props = dict(_runtime_of(manifest_or_dir).get("properties") or DEFAULT_PROPERTIES)
+    if str(device).upper().startswith("CPU"):
+        props = {**CPU_LOAD_DEFAULTS, **props}
     forced = precision_override()
     if forced and props.get("INFERENCE_PRECISION_HINT") != forced:
         log.warning("%s=%s overrides the engine's recorded INFERENCE_PRECISION_HINT=%s", PRECISION_ENV, forced,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+__all__ = ["register"]
+
 
 def register(app: typer.Typer) -> None:
     app.command("eval")(eval_command)
@@ -28,20 +30,14 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report and gate result as JSON."),
 ) -> None:
     """Quality of ENGINE_DIR vs the reference checkpoint (lm-eval), judged by the gates; exit 1 if a gate fails."""
-    from onramp.cli import fail
-    from onramp.errors import OnrampError
+    from evals.gates import apply_gates, load_gates
+    from evals.quality import run_quality
 
-    try:
-        from evals.gates import apply_gates, load_gates
-        from evals.quality import run_quality
-
-        gate_cfg = load_gates(gates)
-        prod = _read_production(production)
-        typer.secho(f"evaluating {engine_dir} (profile {profile}) against {reference}...", err=True)
-        report = run_quality(engine_dir, reference, profile, model=model, api_key=api_key)
-        result = apply_gates(report.metrics(), gate_cfg, prod, sections=["quality"])
-    except OnrampError as err:
-        fail(err)
+    gate_cfg = load_gates(gates)
+    prod = _read_production(production)
+    typer.secho(f"evaluating {engine_dir} (profile {profile}) against {reference}...", err=True)
+    report = run_quality(engine_dir, reference, profile, model=model, api_key=api_key)
+    result = apply_gates(report.metrics(), gate_cfg, prod, sections=["quality"])
     _emit({"quality": report.model_dump(mode="json"), "metrics": report.metrics(),
            "gate": result.model_dump(mode="json")},
           report.to_markdown() + "\n" + result.to_markdown(), as_json, out)
@@ -67,26 +63,19 @@ def bench_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Latency: single stream, then a Poisson sweep over --rates (TTFT, ITL, tok/s, max throughput at SLO)."""
-    from onramp.cli import fail
-    from onramp.errors import OnrampError
-
     from evals.errors import BenchError
+    from evals.latency import run_sweep
 
     try:
-        try:
-            rate_list = [float(r) for r in rates.split(",") if r.strip()]
-        except ValueError:
-            raise BenchError(f"--rates {rates!r} is not a comma-separated list of numbers",
-                             "pass e.g. --rates 0.5,1,2") from None
-        from evals.latency import run_sweep
-
-        typer.secho(f"benchmarking {model} at {url}, rates {rate_list}...", err=True)
-        report = run_sweep(url, model, rate_list, input_tokens=input_tokens, output_tokens=output_tokens,
-                           requests_per_rate=requests, max_duration_s=duration, slo_tok_s=slo,
-                           single_requests=single, seed=seed, api_key=api_key, tokenizer=tokenizer,
-                           plots_dir=out)
-    except OnrampError as err:
-        fail(err)
+        rate_list = [float(r) for r in rates.split(",") if r.strip()]
+    except ValueError:
+        raise BenchError(f"--rates {rates!r} is not a comma-separated list of numbers",
+                         "pass e.g. --rates 0.5,1,2") from None
+    typer.secho(f"benchmarking {model} at {url}, rates {rate_list}...", err=True)
+    report = run_sweep(url, model, rate_list, input_tokens=input_tokens, output_tokens=output_tokens,
+                       requests_per_rate=requests, max_duration_s=duration, slo_tok_s=slo,
+                       single_requests=single, seed=seed, api_key=api_key, tokenizer=tokenizer,
+                       plots_dir=out)
     _emit({"latency": report.model_dump(mode="json"), "metrics": report.metrics()}, report.to_markdown(),
           as_json, out)
 
@@ -109,20 +98,21 @@ def tune_command(
 ) -> None:
     """Measure runtime settings of ENGINE_DIR on this machine and write the fastest that meets the SLOs
     (and beats the untuned runtime side by side) into its manifest."""
-    from onramp.cli import fail
+    from evals.errors import EvalError
+    from evals.tune import TuneLoad, tune
     from onramp.errors import OnrampError
 
     try:
-        from evals.tune import TuneLoad, tune
-
         load = TuneLoad(rate=rate, requests=requests, input_tokens=input_tokens, output_tokens=output_tokens)
         report = tune(engine_dir, budget_s=budget_s, knobs=[k.strip() for k in knobs.split(",") if k.strip()]
                       if knobs else None, load=load, slo_ttft_s=slo_ttft_s, slo_decode_tok_s=slo_decode,
                       write=write, out_dir=out, progress=lambda msg: typer.secho(msg, err=True))
-    except OnrampError as err:
-        fail(err)
-    except ValueError as err:  # pydantic: a load option out of range
-        fail(f"bad tuning option: {str(err).splitlines()[-1]}")
+    except ValueError as err:  # pydantic: a load option out of range (an OnrampError goes to the root CLI)
+        if isinstance(err, OnrampError):
+            raise
+        first = err.errors()[0] if hasattr(err, "errors") else {"loc": (), "msg": str(err)}
+        raise EvalError(f"bad tuning option {'.'.join(map(str, first['loc']))}: {first['msg']}",
+                        "see onramp tune --help") from None
     typer.echo(json.dumps(report.model_dump(mode="json"), indent=2) if as_json else report.to_markdown())
 
 

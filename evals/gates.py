@@ -149,6 +149,18 @@ class GateResult(BaseModel):
     checks: list[Check]
     failed: list[str]  # names of the failing metrics, in check order
 
+    @property
+    def rows(self) -> list[dict]:
+        """One plain row per check: metric, kind, value, threshold, result, note."""
+        return [{"metric": c.metric, "kind": c.kind, "value": c.value, "threshold": c.threshold,
+                 "result": ("pass" if c.passed else "miss (advisory)" if c.advisory
+                            else "FAIL" if c.gating else "missed (report only)"), "note": c.note}
+                for c in self.checks]
+
+    @property
+    def summary(self) -> str:
+        return self.to_markdown()
+
     def to_markdown(self) -> str:
         verdict = "PASS" if self.passed else f"FAIL ({', '.join(self.failed)})"
         lines = [f"## Gate: **{verdict}**", "",

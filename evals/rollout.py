@@ -216,7 +216,7 @@ def parse_window(text: str) -> float:
 
 def _tag(reg: Registry, name: str, version: str, key: str, value: dict | str) -> None:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    reg.client.set_model_version_tag(name, version, key, text[:5000])
+    reg.set_version_tag(name, version, key, text[:5000])
 
 
 def rollout(reg: Registry, name: str, version: str, *, steps: Sequence[float], window: float,

@@ -14,12 +14,14 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows import steps
-from flows.steps import LayoutPlan
+from builders.targets import TargetLayout, build_target
 from onramp.settings import load_settings
+
+__all__ = ["build_layout"]
 
 
 @flow(name="build-layout", flow_run_name="build {repo}@{revision} {layout.key}")
-def build_layout(repo: str, revision: str, layout: LayoutPlan) -> dict:
+def build_layout(repo: str, revision: str, layout: TargetLayout) -> dict:
     """Pull ``repo@revision``, build one layout and publish it to the registry; returns the
     engine's manifest with the registered ``name`` and ``version``."""
     from prefect.runtime import flow_run
@@ -28,7 +30,7 @@ def build_layout(repo: str, revision: str, layout: LayoutPlan) -> dict:
 
     settings = load_settings()
     checkpoint, sha = steps.pull(repo, revision, settings)
-    engine_dir = steps.build(checkpoint, layout, repo, sha, settings)
+    engine_dir = build_target(checkpoint, layout, repo, sha, settings)
     manifest = steps.read_build(engine_dir)
     name, version = publish_build(engine_dir, settings, str(flow_run.id))
     get_run_logger().info("built %s into %s (build %s), published as %s version %s", layout.key, engine_dir,

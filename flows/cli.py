@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+__all__ = ["register"]
+
 
 def _print_result(result) -> None:
     typer.echo(f"{result.repo}@{result.sha[:12]}: {result.message}")
@@ -33,8 +35,7 @@ def register(app: typer.Typer) -> None:
         revision: str = typer.Option("main", "--revision", help="Branch, tag or sha (pinned to a sha)."),
         targets: str = typer.Option("cpu", "--targets", help="Comma-separated hardware: cpu, a100-80gb, h100-80gb..."),
         precision: str | None = typer.Option(None, "--precision", help="int8/int4 (cpu), bf16/fp16/int8/fp8 "
-                                                  "(gpu); several (int8,int4): each built and gated, "
-                                                  "the smallest passing promoted."),
+                                                  "(gpu); several (int8,int4): each built and gated."),
         profile: str = typer.Option("quick", "--profile", help="Eval profile: quick or full (evals/profiles.yaml)."),
         gates: Path | None = typer.Option(None, "--gates", help="Gates YAML (default: evals/gates.yaml)."),
         no_latency: bool = typer.Option(False, "--no-latency", help="Skip the latency sweep."),
@@ -42,63 +43,49 @@ def register(app: typer.Typer) -> None:
         no_promote: bool = typer.Option(False, "--no-promote", help="Register, but do not promote."),
     ) -> None:
         """Onboard one revision: pull, plan, build, evaluate, gate, register, promote."""
-        from onramp.cli import fail
+        from pydantic import ValidationError
+
+        from flows.errors import OnboardError
+        from flows.prefect_env import configure_prefect
         from onramp.errors import OnrampError
         from onramp.settings import load_settings
 
+        api = configure_prefect(load_settings())
+        from flows.onboard import OnboardConfig, onboard
+
         try:
-            settings = load_settings()
-            from flows.prefect_env import configure_prefect
-
-            api = configure_prefect(settings)
-            from pydantic import ValidationError
-
-            from flows.onboard import OnboardConfig
-
-            try:
-                config = OnboardConfig(repo=repo, revision=revision, targets=targets, precision=precision,
-                                       profile=profile, gates=str(gates) if gates else None, latency=not no_latency,
-                                       approve=approve, promote=not no_promote)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                msg = str(first["msg"]).removeprefix("Value error, ")
-                fail(f"bad --{first['loc'][0]}: {msg} — see onramp onboard --help")
-            if gates is not None and not gates.is_file():
-                fail(f"gates file {gates} does not exist — pass an existing YAML to --gates")
-            typer.secho(f"onboarding {repo}@{revision} on {api or 'an ephemeral Prefect API'}", err=True)
-            from flows.onboard import onboard
-
-            state = onboard(config, return_state=True)
-        except OnrampError as err:
-            fail(err)
+            config = OnboardConfig(repo=repo, revision=revision, targets=targets, precision=precision,
+                                   profile=profile, gates=str(gates) if gates else None, latency=not no_latency,
+                                   approve=approve, promote=not no_promote)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise OnboardError(f"bad --{first['loc'][0]}: {str(first['msg']).removeprefix('Value error, ')}",
+                               "see onramp onboard --help") from None
+        if gates is not None and not gates.is_file():
+            raise OnboardError(f"gates file {gates} does not exist", "pass an existing YAML to --gates")
+        typer.secho(f"onboarding {repo}@{revision} on {api or 'an ephemeral Prefect API'}", err=True)
+        state = onboard(config, return_state=True)
         if state.is_completed():
             _print_result(state.result())
             return
         try:
             state.result()
-        except OnrampError as err:
-            fail(err)
+        except OnrampError:
+            raise
         except Exception as exc:  # noqa: BLE001 (a task's own error, already logged by Prefect)
-            fail(f"onboarding {repo}@{revision} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            raise OnboardError(f"onboarding {repo}@{revision} failed: {type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:300]}") from None
 
     @app.command("watch")
     def watch_cmd() -> None:
         """Poll the Hub once for new revisions of the watch list and emit their events."""
-        from onramp.cli import fail
-        from onramp.errors import OnrampError
+        from flows.prefect_env import configure_prefect
         from onramp.settings import load_settings
 
-        try:
-            settings = load_settings()
-            from flows.prefect_env import configure_prefect
+        configure_prefect(load_settings())
+        from flows.watch import watch
 
-            configure_prefect(settings)
-            from flows.watch import watch
-
-            new = watch()
-        except OnrampError as err:
-            fail(err)
-        for revision in new:
+        for revision in watch():
             typer.echo(f"{revision.repo}@{revision.sha}")
 
     @app.command("up")
@@ -108,18 +95,13 @@ def register(app: typer.Typer) -> None:
         api_port: int | None = typer.Option(None, "--api-port", help="Default: ONRAMP_API_PORT or 8000."),
     ) -> None:
         """Start the Prefect server, MLflow server, deployments + worker and the API server; Ctrl-C stops all."""
-        from onramp.cli import fail
-        from onramp.errors import OnrampError
+        from flows.errors import UpError
+        from flows.up import Up
         from onramp.settings import load_settings
 
-        try:
-            settings = load_settings(prefect_port=prefect_port, mlflow_port=mlflow_port, api_port=api_port)
-            from flows.up import Up
-
-            up = Up(settings)
-            state = up.start()
-        except OnrampError as err:
-            fail(err)
+        settings = load_settings(prefect_port=prefect_port, mlflow_port=mlflow_port, api_port=api_port)
+        up = Up(settings)
+        state = up.start()
         typer.echo(f"Prefect UI:   {state['prefect_ui']}  (login: {state['prefect_auth']}; in up.json)")
         typer.echo(f"MLflow UI:    {state['mlflow']}")
         typer.echo(f"API:          {state['api']}/v1  (OpenAI-compatible; pplx-api: {state['api']}/chat/completions)")
@@ -137,8 +119,8 @@ def register(app: typer.Typer) -> None:
                 if dead:
                     child = dead[0]
                     up.stop()
-                    fail(f"{child.name} stopped (code {child.proc.returncode}): {child.log_tail()} "
-                         f"— see {child.log}")
+                    raise UpError(f"{child.name} stopped (code {child.proc.returncode}): {child.log_tail()}",
+                                  f"see {child.log}")
         except KeyboardInterrupt:
             typer.secho("stopping...", err=True)
         finally:
@@ -149,12 +131,6 @@ def register(app: typer.Typer) -> None:
         keep: bool = typer.Option(False, "--keep", help="Keep the services running at the end (Ctrl-C stops)."),
     ) -> None:
         """The whole story, offline: mirror, up, onboard, chat, new revision, watcher, swap."""
-        from onramp.cli import fail
-        from onramp.errors import OnrampError
+        from flows.demo import run_demo
 
-        try:
-            from flows.demo import run_demo
-
-            run_demo(keep=keep)
-        except OnrampError as err:
-            fail(err)
+        run_demo(keep=keep)

@@ -22,6 +22,9 @@ from typing import Any
 from flows.events import EVENT
 from onramp.settings import Settings
 
+__all__ = ["REPO_ROOT", "CPU_POOL", "GPU_POOL", "ONBOARD", "WATCH", "BUILD_LAYOUT", "onboard_trigger_parameters",
+           "onboard_trigger", "ensure_work_pools", "deploy_all", "main"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CPU_POOL, GPU_POOL = "cpu", "gpu"
 ONBOARD, WATCH, BUILD_LAYOUT = "onboard", "watch", "build-layout"

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from flows.errors import OnboardError
-from flows.steps import LayoutPlan
+from builders.targets import TargetLayout
 from onramp.settings import Settings
+
+__all__ = ["FLOW_RUN_TAG", "PENDING", "build_layout_deployment", "build_on_gpu_pool", "publish_build",
+           "fetch_published"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ def _pool_state() -> tuple[bool, bool, set[str]]:
     return run_coro_as_sync(read())
 
 
-def build_on_gpu_pool(layout: LayoutPlan, repo: str, sha: str, settings: Settings, *,
+def build_on_gpu_pool(layout: TargetLayout, repo: str, sha: str, settings: Settings, *,
                       timeout: float) -> Path | None:
     """Build ``layout`` of ``repo@sha`` as a ``build-layout`` run on the gpu pool and return the
     engine, fetched through the registry; None when there is no such deployment (build in-process)."""
@@ -105,7 +107,7 @@ def publish_build(engine_dir: Path, settings: Settings, flow_run_id: str) -> tup
     version = steps.find_version(registry, name, manifest["build_id"])
     if version is None:
         version = registry.register(engine_dir, name=name, gate_passed=False, tags={"gate": PENDING})
-    registry.client.set_model_version_tag(name, version, FLOW_RUN_TAG, flow_run_id)
+    registry.set_version_tag(name, version, FLOW_RUN_TAG, flow_run_id)
     return name, version
 
 
@@ -117,8 +119,7 @@ def fetch_published(settings: Settings, repo: str, flow_run_id: str) -> Path:
 
     registry = Registry(settings)
     name = registered_name(repo, served_name(repo))  # as flows.steps.model_name names the build
-    found: list[Any] = [mv for mv in registry.client.search_model_versions(f"name = '{name}'")
-                        if (mv.tags or {}).get(FLOW_RUN_TAG) == flow_run_id]
+    found = registry.versions_tagged(name, FLOW_RUN_TAG, flow_run_id)
     if not found:
         raise OnboardError(f"build-layout run {flow_run_id} completed but no version of {name} carries its tag "
                            f"{FLOW_RUN_TAG}", "the GPU worker must use the same MLflow registry "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from onramp.errors import OnrampError
 
+__all__ = ["FlowsError", "WatchError", "OnboardError", "UpError"]
+
 
 class FlowsError(OnrampError):
     """A flow, the watcher, the webhook or ``onramp up`` could not do its job."""

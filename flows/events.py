@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+__all__ = ["EVENT", "Revision", "resource_id", "emit_revision_event"]
+
 EVENT = "onramp.model.revision"
 
 

@@ -7,6 +7,8 @@ import json
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+__all__ = ["rollout_flow"]
+
 
 def _markdown(kind: str, data: dict) -> str:
     return f"### rollout {kind}\n\n```json\n{json.dumps(data, indent=2, default=str)}\n```\n"

@@ -28,6 +28,9 @@ from flows.events import Revision, emit_revision_event
 from onramp.files import write_text_atomic
 from onramp.settings import Settings
 
+__all__ = ["BRANCH", "WatchList", "state_path", "load_seen", "mark_seen", "hub_org_lister", "mirror_org_lister",
+           "find_new_revisions", "poll_hub", "emit_revision", "watch"]
+
 log = logging.getLogger(__name__)
 
 BRANCH = "main"
@@ -181,9 +184,11 @@ def find_new_revisions(watch_list: WatchList, seen: dict[str, str], *, endpoint:
 
 # ------------------------------------------------------------------------------ the flow
 
-@task(name="poll-hub", retries=3, retry_delay_seconds=[2, 5, 10])
+@task(name="poll-hub")
 def poll_hub(watch_list: WatchList, seen: dict[str, str], endpoint: str | None,
              mirror_dir: str | None) -> list[Revision]:
+    """One poll. Not retried as a task: onramp.hub retries each Hub call on network errors (one
+    retry layer), and a repo or org that still fails is polled again at the next run."""
     lister = mirror_org_lister(Path(mirror_dir)) if mirror_dir else hub_org_lister(endpoint)
     return find_new_revisions(watch_list, seen, endpoint=endpoint, list_org=lister)
 

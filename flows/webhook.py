@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from flows.events import EVENT, Revision, emit_revision_event
 from onramp.errors import OnrampError
 
+__all__ = ["router", "HubWebhook", "secret_matches", "revision_from_payload"]
+
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["hooks"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["OnrampError", "ConfigError", "ReferenceModelError", "MirrorError"]
+
 
 class OnrampError(Exception):
     """A failure a user can act on. ``str(err)`` is one line: what failed, then what to do."""

@@ -9,15 +9,15 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from registry.errors import RegistryError
+from registry.errors import RegistryError, RegistryUnavailableError
+from registry.versions import PRODUCTION
 
 if TYPE_CHECKING:
     from registry.client import Registry
 
-__all__ = ["CANARY", "WEIGHT_TAG", "CanaryState", "canary_state", "clear_canary", "set_canary"]
+__all__ = ["CANARY", "SHADOW_TAG", "WEIGHT_TAG", "CanaryState", "canary_state", "clear_canary", "set_canary"]
 
 CANARY = "canary"
-PRODUCTION = "production"
 WEIGHT_TAG = "onramp.canary_weight"
 SHADOW_TAG = "onramp.canary_shadow"
 
@@ -36,7 +36,7 @@ class CanaryState:
 
 
 def canary_state(reg: Registry, name: str) -> CanaryState:
-    model = reg._call(lambda: reg.client.get_registered_model(name))
+    model = reg.versions.model(name)
     aliases = {k: str(v) for k, v in model.aliases.items()}
     def percent(tag: str) -> float:
         try:
@@ -54,20 +54,21 @@ def set_canary(reg: Registry, name: str, version: str, weight: float, shadow: fl
     for what, value in (("weight", weight), ("shadow rate", shadow)):
         if value is not None and not 0 <= value <= 100:
             raise RegistryError(f"canary {what} {value} is not a percentage", f"give a {what} from 0 to 100")
-    reg._version(name, version)  # a clear error for an unknown model or version
-    reg.client.set_registered_model_tag(name, WEIGHT_TAG, f"{weight:g}")
+    versions = reg.versions
+    versions.get(name, version)  # a clear error for an unknown model or version
+    versions.set_model_tag(name, WEIGHT_TAG, f"{weight:g}")
     if shadow is not None:
-        reg.client.set_registered_model_tag(name, SHADOW_TAG, f"{shadow:g}")
-    reg.client.set_registered_model_alias(name, CANARY, str(version))
+        versions.set_model_tag(name, SHADOW_TAG, f"{shadow:g}")
+    versions.set_alias(name, CANARY, str(version))
 
 
 def clear_canary(reg: Registry, name: str) -> None:
     """Remove the canary (the servers unload it; its running requests finish)."""
     from mlflow.exceptions import MlflowException
 
-    with contextlib.suppress(MlflowException):
-        reg.client.set_registered_model_tag(name, WEIGHT_TAG, "0")
-    with contextlib.suppress(MlflowException):
-        reg.client.set_registered_model_tag(name, SHADOW_TAG, "0")
-    with contextlib.suppress(MlflowException):
-        reg.client.delete_registered_model_alias(name, CANARY)
+    versions = reg.versions
+    for tag in (WEIGHT_TAG, SHADOW_TAG):
+        with contextlib.suppress(MlflowException, RegistryUnavailableError):
+            versions.set_model_tag(name, tag, "0")
+    with contextlib.suppress(RegistryUnavailableError):
+        versions.delete_alias(name, CANARY)

@@ -6,9 +6,12 @@ Nothing heavy at import: MLflow is imported inside the commands.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import asdict
 
 import typer
+
+__all__ = ["register"]
 
 
 def _registry():
@@ -24,31 +27,28 @@ def _registry():
     return Registry()
 
 
-def _fail(err: Exception) -> None:
-    """One red line for our errors and for MLflow's (a locked database, a server error)."""
-    from onramp.cli import fail
-    from onramp.errors import OnrampError
+@contextmanager
+def _mlflow_errors():
+    """MLflow's own errors (a locked database, a server error) as a RegistryError, which the root
+    CLI prints like every other error."""
+    from mlflow.exceptions import MlflowException
+
     from registry.errors import RegistryError
 
-    if not isinstance(err, OnrampError):
+    try:
+        yield
+    except MlflowException as err:
         first = (str(err).splitlines() or [type(err).__name__])[0][:300]
-        err = RegistryError(f"MLflow failed: {first}",
-                            "check ONRAMP_MLFLOW_TRACKING_URI (`onramp config`) and that the backend is up")
-    fail(err)
+        raise RegistryError(f"MLflow failed: {first}",
+                            "check ONRAMP_MLFLOW_TRACKING_URI (`onramp config`) and that the backend is up") from None
 
 
 def register(app: typer.Typer) -> None:
     @app.command("models")
     def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
         """Registered models: versions, aliases (production, candidate, ...) and gate results."""
-        from mlflow.exceptions import MlflowException
-
-        from onramp.errors import OnrampError
-
-        try:
+        with _mlflow_errors():
             found = _registry().list_models()
-        except (OnrampError, MlflowException) as err:
-            _fail(err)
         if as_json:
             typer.echo(json.dumps([asdict(m) for m in found], indent=2))
             return
@@ -74,16 +74,10 @@ def register(app: typer.Typer) -> None:
                                                         "built from an older Hub revision than production's."),
     ) -> None:
         """Point NAME's production alias at VERSION; the previous one is kept for rollback."""
-        from mlflow.exceptions import MlflowException
-
-        from onramp.errors import OnrampError
-
-        try:
+        with _mlflow_errors():
             registry = _registry()
             previous = registry.promote(name, version, force=force)
             now = registry.alias_version(name, "production")
-        except (OnrampError, MlflowException) as err:
-            _fail(err)
         if previous is None:
             typer.echo(f"{name}: production = version {now}")
         else:
@@ -92,14 +86,8 @@ def register(app: typer.Typer) -> None:
     @app.command("rollback")
     def rollback(name: str = typer.Argument(..., help="Registered model.")) -> None:
         """Point NAME's production alias back at the version it had before the last promote."""
-        from mlflow.exceptions import MlflowException
-
-        from onramp.errors import OnrampError
-
-        try:
+        with _mlflow_errors():
             restored = _registry().rollback(name)
-        except (OnrampError, MlflowException) as err:
-            _fail(err)
         typer.echo(f"{name}: production = version {restored} (rolled back)")
 
     @app.command("rollout")
@@ -120,22 +108,17 @@ def register(app: typer.Typer) -> None:
         import logging
         import os
 
-        from mlflow.exceptions import MlflowException
-
         from evals.gates import load_gates
         from evals.rollout import parse_steps, parse_window, rollout
-        from onramp.errors import OnrampError
 
         logging.getLogger("evals").setLevel(logging.INFO)
         if not logging.getLogger().handlers:
             logging.basicConfig(format="%(asctime)s %(message)s")
         servers = server or [s.strip() for s in os.environ.get("ONRAMP_ROLLOUT_SERVERS", "").split(",") if s.strip()]
-        try:
+        with _mlflow_errors():
             result = rollout(_registry(), name, version, steps=parse_steps(steps), window=parse_window(window),
                              servers=servers, rules=load_gates(gates).rollout, promote_force=force,
                              shadow=shadow)
-        except (OnrampError, MlflowException) as err:
-            _fail(err)
         typer.echo(result.summary())
         if result.decision != "promoted":
             raise typer.Exit(1)

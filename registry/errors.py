@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from onramp.errors import OnrampError
 
+__all__ = ["ArtifactStoreError", "ArtifactStoreUnavailableError", "IntegrityError", "LockTimeoutError",
+           "ModelNotFoundError", "PromotionError", "RegistryError", "RegistryUnavailableError", "StalePromotionError"]
+
 
 class RegistryError(OnrampError):
     """The MLflow registry refused or failed an operation."""

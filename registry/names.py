@@ -17,9 +17,10 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
-__all__ = ["registered_name", "short_aliases", "short_name"]
+__all__ = ["LOCK_SUFFIX", "is_lock_name", "registered_name", "short_aliases", "short_name"]
 
 SEPARATOR = "--"
+LOCK_SUFFIX = ".onramp-lock"  # ``<name>.onramp-lock``: a production lock (registry.promotion), not a model
 
 
 def _slug(text: str) -> str:
@@ -52,3 +53,8 @@ def short_aliases(names: Iterable[str]) -> dict[str, str]:
     counts = Counter(short_name(n) for n in names)
     return {short_name(n): n for n in sorted(names)
             if short_name(n) != n and counts[short_name(n)] == 1 and short_name(n) not in names}
+
+
+def is_lock_name(name: str) -> bool:
+    """Whether a registered model is a production lock (never listed as a model)."""
+    return name.endswith(LOCK_SUFFIX)

@@ -47,22 +47,32 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.errors import LockTimeoutError, ModelNotFoundError, PromotionError, StalePromotionError
+from registry.names import LOCK_SUFFIX
+from registry.versions import PREVIOUS, PRODUCTION
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
-    from registry.client import Registry
+    from registry.versions import Versions
 
 log = logging.getLogger(__name__)
 
-PRODUCTION = "production"
-PREVIOUS = "previous_production"
+__all__ = ["LOCK_SUFFIX", "LockPolicy", "ProductionState", "production_lock", "production_state", "promote",
+           "reconcile", "revision_date", "rollback"]
+
 STATE_TAG = "onramp.production_state"
 LEGACY_HISTORY_TAG = "onramp.production_history"
-LOCK_SUFFIX = ".onramp-lock"
 REVISION_DATE_TAG = "hf_revision_date"
 _HISTORY_MAX = 50
 _MOVES_MAX = 40
+
+
+@dataclass(frozen=True)
+class LockPolicy:
+    """How long to wait for a model's production lock, and the lease of a lock kept in MLflow."""
+
+    timeout_s: float = 120.0
+    lease_s: float = 60.0
 
 
 @dataclass
@@ -81,19 +91,10 @@ class ProductionState:
                                     "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}][-_MOVES_MAX:]
 
 
-def is_lock_name(name: str) -> bool:
-    return name.endswith(LOCK_SUFFIX)
-
-
 # ------------------------------------------------------------------------------ state
 
-def read_state(registry: Registry, name: str) -> ProductionState:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        tags = registry._call(lambda: registry.client.get_registered_model(name)).tags or {}
-    except MlflowException:
-        raise ModelNotFoundError(f"no registered model {name!r}", "see `onramp models`") from None
+def read_state(versions: Versions, name: str) -> ProductionState:
+    tags = versions.model(name).tags or {}
     raw = tags.get(STATE_TAG)
     if raw:
         try:
@@ -106,29 +107,29 @@ def read_state(registry: Registry, name: str) -> ProductionState:
     state = ProductionState()
     with contextlib.suppress(ValueError, TypeError):  # a registry written before the state tag
         state.history = [str(v) for v in json.loads(tags.get(LEGACY_HISTORY_TAG) or "[]")]
-    state.production = registry.alias_version(name, PRODUCTION)
+    state.production = versions.alias_version(name, PRODUCTION)
     return state
 
 
-def _write_state(registry: Registry, name: str, state: ProductionState) -> None:
-    registry.client.set_registered_model_tag(name, STATE_TAG, json.dumps(asdict(state), separators=(",", ":")))
+def _write_state(versions: Versions, name: str, state: ProductionState) -> None:
+    versions.client.set_registered_model_tag(name, STATE_TAG, json.dumps(asdict(state), separators=(",", ":")))
 
 
-def _set_previous_alias(registry: Registry, name: str, history: list[str]) -> None:
+def _set_previous_alias(versions: Versions, name: str, history: list[str]) -> None:
     from mlflow.exceptions import MlflowException
 
     if history:
-        registry.client.set_registered_model_alias(name, PREVIOUS, history[-1])
+        versions.client.set_registered_model_alias(name, PREVIOUS, history[-1])
     else:
         with contextlib.suppress(MlflowException):
-            registry.client.delete_registered_model_alias(name, PREVIOUS)
+            versions.client.delete_registered_model_alias(name, PREVIOUS)
 
 
-def reconcile(registry: Registry, name: str) -> ProductionState:
+def reconcile(versions: Versions, name: str) -> ProductionState:
     """Make the production record agree with the alias (call under the lock): record or drop an
     interrupted move, adopt a move made outside onramp, and fix ``previous_production``."""
-    state = read_state(registry, name)
-    actual = registry.alias_version(name, PRODUCTION)
+    state = read_state(versions, name)
+    actual = versions.alias_version(name, PRODUCTION)
     changed = False
     if state.pending:
         p, state.pending, changed = state.pending, None, True
@@ -146,10 +147,10 @@ def reconcile(registry: Registry, name: str) -> ProductionState:
         state.record("adopted", state.production, actual, history)
         changed = True
     if changed:
-        _write_state(registry, name, state)
+        _write_state(versions, name, state)
     want_previous = state.history[-1] if state.history else None
-    if changed or registry.alias_version(name, PREVIOUS) != want_previous:
-        _set_previous_alias(registry, name, state.history)
+    if changed or versions.alias_version(name, PREVIOUS) != want_previous:
+        _set_previous_alias(versions, name, state.history)
     return state
 
 
@@ -166,14 +167,14 @@ def _local_store_path(uri: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def production_lock(registry: Registry, name: str) -> Iterator[_Holder]:
+def production_lock(versions: Versions, name: str, lock: LockPolicy) -> Iterator[_Holder]:
     """Hold ``name``'s production lock for the block (see the module's doc); yields a holder whose
     ``check()`` raises if the lock was lost (a lease that ran out)."""
-    path = _local_store_path(registry.tracking_uri)
+    path = _local_store_path(versions.tracking.tracking_uri)
     if path is not None:
-        yield from _file_lock(path, name, registry.lock_timeout_s)
+        yield from _file_lock(path, name, lock.timeout_s)
     else:
-        yield from _model_lock(registry, name)
+        yield from _model_lock(versions, name, lock)
 
 
 class _Holder:
@@ -203,18 +204,18 @@ def _file_lock(path: Path, name: str, timeout: float) -> Iterator[_Holder]:
         lock.release()
 
 
-def _model_lock(registry: Registry, name: str) -> Iterator[_Holder]:
+def _model_lock(versions: Versions, name: str, lock: LockPolicy) -> Iterator[_Holder]:
     from mlflow.exceptions import MlflowException
 
-    client, lock_name = registry.client, name + LOCK_SUFFIX
+    client, lock_name = versions.client, name + LOCK_SUFFIX
     token = uuid.uuid4().hex
-    deadline = time.monotonic() + registry.lock_timeout_s
+    deadline = time.monotonic() + lock.timeout_s
     tagless_since: float | None = None
     while True:
-        tags = {"onramp.lock_token": token, "onramp.lock_expires": f"{time.time() + registry.lock_lease_s:.3f}",
+        tags = {"onramp.lock_token": token, "onramp.lock_expires": f"{time.time() + lock.lease_s:.3f}",
                 "onramp.lock_holder": f"{socket.gethostname()}:{os.getpid()}"}
         try:
-            registry._call(lambda t=tags: client.create_registered_model(
+            versions.tracking.call(lambda t=tags: client.create_registered_model(
                 lock_name, tags=t, description=f"onramp: the production lock of {name} (removed when released)"))
             break
         except MlflowException as exc:
@@ -234,7 +235,7 @@ def _model_lock(registry: Registry, name: str) -> Iterator[_Holder]:
             # a lock is created with its tags in one transaction; one read without them was read while
             # being deleted (MLflow loads a model and its tags in two queries): wait, but not forever
             tagless_since = tagless_since or time.monotonic()
-            expires = time.time() + 1 if time.monotonic() - tagless_since < registry.lock_lease_s else 0.0
+            expires = time.time() + 1 if time.monotonic() - tagless_since < lock.lease_s else 0.0
         else:
             tagless_since = None
             expires = float(raw_expires)
@@ -247,8 +248,8 @@ def _model_lock(registry: Registry, name: str) -> Iterator[_Holder]:
         if time.monotonic() > deadline:
             raise LockTimeoutError(
                 f"{name}: another promote/rollback ({(held.tags or {}).get('onramp.lock_holder', '?')}) held the "
-                f"lock {lock_name!r} for over {registry.lock_timeout_s:.0f} s",
-                f"wait for it (a dead holder's lock is broken after {registry.lock_lease_s:.0f} s) and retry")
+                f"lock {lock_name!r} for over {lock.timeout_s:.0f} s",
+                f"wait for it (a dead holder's lock is broken after {lock.lease_s:.0f} s) and retry")
         time.sleep(random.uniform(0.05, 0.25))
 
     def check() -> None:
@@ -257,7 +258,7 @@ def _model_lock(registry: Registry, name: str) -> Iterator[_Holder]:
         except MlflowException:
             held = None
         if held is None or (held.tags or {}).get("onramp.lock_token") != token:
-            raise LockTimeoutError(f"{name}: lost the production lock (its {registry.lock_lease_s:.0f} s lease ran "
+            raise LockTimeoutError(f"{name}: lost the production lock (its {lock.lease_s:.0f} s lease ran "
                                    "out and another holder took it); nothing was moved",
                                    "run the command again")
 
@@ -276,16 +277,16 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _move(registry: Registry, name: str, state: ProductionState, holder: _Holder, op: str,
+def _move(versions: Versions, name: str, state: ProductionState, holder: _Holder, op: str,
           frm: str | None, to: str, history: list[str]) -> None:
     state.pending = {"op": op, "from": frm, "to": to, "history": [h for h in history if h][-_HISTORY_MAX:]}
     holder.check()
-    _write_state(registry, name, state)
-    registry.client.set_registered_model_alias(name, PRODUCTION, to)
+    _write_state(versions, name, state)
+    versions.client.set_registered_model_alias(name, PRODUCTION, to)
     state.pending = None
     state.record(op, frm, to, history)
-    _write_state(registry, name, state)
-    _set_previous_alias(registry, name, state.history)
+    _write_state(versions, name, state)
+    _set_previous_alias(versions, name, state.history)
 
 
 def revision_date(mv: ModelVersion) -> datetime | None:
@@ -298,9 +299,9 @@ def revision_date(mv: ModelVersion) -> datetime | None:
         return None
 
 
-def _refuse_older(registry: Registry, name: str, mv: ModelVersion, current: str) -> None:
+def _refuse_older(versions: Versions, name: str, mv: ModelVersion, current: str) -> None:
     try:
-        cur = registry._version(name, current)
+        cur = versions.get(name, current)
     except ModelNotFoundError:
         return  # production's version was deleted: nothing to compare with
     new_date, cur_date = revision_date(mv), revision_date(cur)
@@ -316,28 +317,42 @@ def _refuse_older(registry: Registry, name: str, mv: ModelVersion, current: str)
     )
 
 
-def promote(registry: Registry, name: str, mv: ModelVersion, *, force: bool = False) -> str | None:
-    """Move production to ``mv`` (already gate-checked by the caller); return the version it left."""
+def promote(versions: Versions, name: str, version_or_alias: str | int, *, lock: LockPolicy,
+            force: bool = False) -> str | None:
+    """Point ``production`` at a version; remember the one before. Returns the previous version.
+
+    Refused unless ``force``: a version whose gates failed (:class:`PromotionError`) and a
+    version of an older Hub revision than production's (:class:`StalePromotionError`).
+    Serialized with every other promote/rollback of ``name`` (see the module's doc).
+    """
+    mv = versions.get(name, version_or_alias)
+    if mv.tags.get("gate") != "passed" and not force:
+        raise PromotionError(
+            f"{name} version {mv.version} did not pass its gates (gate={mv.tags.get('gate', 'unknown')})",
+            f"promote a version that passed (see `onramp models`), "
+            f"or use `onramp promote {name} {mv.version} --force`",
+        )
     version = str(mv.version)
-    with production_lock(registry, name) as holder:
-        state = reconcile(registry, name)
+    with production_lock(versions, name, lock) as holder:
+        state = reconcile(versions, name)
         current = state.production
         if current == version:
             return None
         if current is not None and not force:
-            _refuse_older(registry, name, mv, current)
+            _refuse_older(versions, name, mv, current)
         history = [*state.history, current] if current else list(state.history)
-        _move(registry, name, state, holder, "promote", current, version, history)
+        _move(versions, name, state, holder, "promote", current, version, history)
     with contextlib.suppress(Exception):
-        registry.client.set_model_version_tag(name, version, "promoted_at", _now())
+        versions.client.set_model_version_tag(name, version, "promoted_at", _now())
     log.info("promoted %s version %s to production (was %s)", name, version, current)
     return current
 
 
-def rollback(registry: Registry, name: str) -> str:
+def rollback(versions: Versions, name: str, *, lock: LockPolicy) -> str:
     """Move production back to the version before the last promote; return it."""
-    with production_lock(registry, name) as holder:
-        state = reconcile(registry, name)
+    versions.model(name)  # a clear error for an unknown model
+    with production_lock(versions, name, lock) as holder:
+        state = reconcile(versions, name)
         current = state.production
         history = list(state.history)
         while history:
@@ -345,23 +360,29 @@ def rollback(registry: Registry, name: str) -> str:
             if previous == current:
                 continue
             try:
-                registry._version(name, previous)
+                versions.get(name, previous)
             except ModelNotFoundError:
                 log.warning("%s version %s was deleted; skipping it in the rollback", name, previous)
                 continue
-            _move(registry, name, state, holder, "rollback", current, previous, history)
+            _move(versions, name, state, holder, "rollback", current, previous, history)
             break
         else:
             if state.history:
                 state.history = []
-                _write_state(registry, name, state)
-                _set_previous_alias(registry, name, [])
+                _write_state(versions, name, state)
+                _set_previous_alias(versions, name, [])
             raise PromotionError(
                 f"{name} has no earlier production version to roll back to (production: {current or 'none'})",
                 f"promote a version explicitly: `onramp promote {name} VERSION`",
             )
     if current is not None:
         with contextlib.suppress(Exception):
-            registry.client.set_model_version_tag(name, current, "rolled_back_at", _now())
+            versions.client.set_model_version_tag(name, current, "rolled_back_at", _now())
     log.info("rolled %s back from version %s to %s", name, current, previous)
     return previous
+
+
+def production_state(versions: Versions, name: str, *, lock: LockPolicy) -> ProductionState:
+    """The production record (seq, production, history, recent moves), reconciled with the alias."""
+    with production_lock(versions, name, lock):
+        return reconcile(versions, name)

@@ -22,12 +22,22 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from registry.client import Registry
+from typing import Protocol
 
 log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_MAX_BACKOFF_S", "AliasWatcher", "Failure", "WatchedRegistry"]
+
+
+class WatchedRegistry(Protocol):
+    """What the watcher needs of a registry (:class:`registry.client.Registry` is one)."""
+
+    def model_names(self) -> list[str]: ...
+
+    def alias_version(self, name: str, alias: str) -> str | None: ...
+
+    def fetch(self, name: str, version_or_alias: str | int = ...) -> Path: ...
+
 
 OnChange = Callable[[str, str, Path], Awaitable[None]]
 DEFAULT_MAX_BACKOFF_S = 300.0
@@ -53,7 +63,7 @@ OnNames = Callable[[list[str]], None]
 class AliasWatcher:
     def __init__(
         self,
-        registry: Registry,
+        registry: WatchedRegistry,
         alias: str = "production",
         names: list[str] | None = None,
         interval: float = 5.0,

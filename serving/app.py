@@ -215,13 +215,16 @@ def _admin_router() -> APIRouter:
 
 def build_app(config: ServeConfig | Any | None = None, *, slots: Slots | None = None,
               keys: KeyStore | None = None, startup_hooks: Sequence[Hook] = (),
-              shutdown_hooks: Sequence[Hook] = (), settings: Any | None = None) -> FastAPI:
+              shutdown_hooks: Sequence[Hook] = (), settings: Any | None = None,
+              routers: Sequence[APIRouter] = ()) -> FastAPI:
     """The server. ``config`` is a :class:`ServeConfig` or onramp ``Settings`` (then nothing is
     preloaded and the keys file comes from the settings). Engines named in ``config.engines``
     load in the background at startup (``/readyz`` says when they are live). ``startup_hooks``
     and ``shutdown_hooks`` are ``async fn(app)`` run after the engines start loading and before
     they close (e.g. a registry alias watcher that calls ``app.state.slots.swap``). ``settings``
-    (onramp Settings) is kept on ``app.state.settings`` for routers that need it."""
+    (onramp Settings) is kept on ``app.state.settings`` for routers that need it. ``routers`` are
+    more routes the caller mounts (``onramp serve`` mounts the Hub webhook of flows), gated by the
+    API-key dependencies they declare."""
     if config is None:
         config = ServeConfig()
     elif not isinstance(config, ServeConfig):  # onramp Settings
@@ -263,14 +266,7 @@ def build_app(config: ServeConfig | Any | None = None, *, slots: Slots | None = 
                                       default_max_tokens=config.default_max_tokens, usage=usage,
                                       max_n=config.max_n)
     install_error_handlers(app)
-    routers = [_openai_router(), _ops_router(), _admin_router()]
-    try:
-        from flows.webhook import router as webhook_router
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("flows.webhook", "flows"):
-            raise
-    else:
-        routers.append(webhook_router)
+    routers = [_openai_router(), _ops_router(), _admin_router(), *routers]
     for router in routers:
         app.include_router(router)
     gated = gated_routes(routers)

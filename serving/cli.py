@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+__all__ = ["register", "serve"]
+
 keys_app = typer.Typer(help="API keys of the server (stored hashed in the keys file).", no_args_is_help=True)
 
 
@@ -29,6 +31,7 @@ def _parse_engines(specs: list[str]) -> dict[str, Path]:
 
 
 def serve(
+    ctx: typer.Context,
     engine: list[str] = typer.Option([], "--engine", help="NAME=ENGINE_DIR; repeat for several models."),
     host: str | None = typer.Option(None, "--host", help="Default: ONRAMP_API_HOST or 127.0.0.1."),
     port: int | None = typer.Option(None, "--port", help="Default: ONRAMP_API_PORT or 8000."),
@@ -58,39 +61,38 @@ def serve(
         help="With --registry: longest wait before retrying a production version that failed to load."),
 ) -> None:
     """Serve engines behind the OpenAI- and pplx-compatible API."""
-    from onramp.cli import fail
-    from onramp.errors import OnrampError
     from onramp.settings import load_settings
+    from serving.errors import ServingError
 
-    try:
-        settings = load_settings(api_host=host, api_port=port, keys_file=keys_file)
-        if keys_file is not None and no_auth:
-            fail("--keys-file and --no-auth contradict each other — pass one of them")
-        engines = _parse_engines(engine)
-        if not engines and not registry:
-            fail("nothing to serve — pass --engine NAME=ENGINE_DIR (repeatable) or --registry")
-        from serving.app import ServeConfig, build_app
+    settings = load_settings(api_host=host, api_port=port, keys_file=keys_file)
+    if keys_file is not None and no_auth:
+        raise ServingError("--keys-file and --no-auth contradict each other", "pass one of them")
+    engines = _parse_engines(engine)
+    if not engines and not registry:
+        raise ServingError("nothing to serve", "pass --engine NAME=ENGINE_DIR (repeatable) or --registry")
+    from serving.app import ServeConfig, build_app
 
-        hooks_start, hooks_stop, resolver = [], [], None
-        swap_roots = [settings.engines_dir, settings.home / "registry" / "cache"]
-        if registry:
-            from serving.follow import RegistryFollower
+    hooks_start, hooks_stop, resolver = [], [], None
+    swap_roots = [settings.engines_dir, settings.home / "registry" / "cache"]
+    if registry:
+        from serving.follow import RegistryFollower
 
-            follower = RegistryFollower(settings, interval=registry_poll, max_backoff=registry_max_backoff)
-            hooks_start, hooks_stop, resolver = [follower.start], [follower.stop], follower.resolve
-            from serving.routing import canary_hooks
+        follower = RegistryFollower(settings, interval=registry_poll, max_backoff=registry_max_backoff)
+        hooks_start, hooks_stop, resolver = [follower.start], [follower.stop], follower.resolve
+        from serving.routing import canary_hooks
 
-            canary_start, canary_stop = canary_hooks(follower.registry, interval=registry_poll)
-            hooks_start, hooks_stop = [*hooks_start, canary_start], [canary_stop, *hooks_stop]
-            swap_roots.append(follower.cache_dir)
-        config = ServeConfig(engines=engines, auth=not no_auth, keys_file=settings.keys_file, max_queue=max_queue,
-                             engine_options={"cache_size_gb": cache_size_gb} if cache_size_gb else {},
-                             log_prompts=log_prompts,
-                             resolve_version=resolver, default_max_tokens=default_max_tokens,
-                             swap_roots=swap_roots, swap_timeout_s=swap_timeout, max_n=max_n)
-        app = build_app(config, startup_hooks=hooks_start, shutdown_hooks=hooks_stop, settings=settings)
-    except OnrampError as err:
-        fail(err)
+        canary_start, canary_stop = canary_hooks(follower.registry, interval=registry_poll)
+        hooks_start, hooks_stop = [*hooks_start, canary_start], [canary_stop, *hooks_stop]
+        swap_roots.append(follower.cache_dir)
+    config = ServeConfig(engines=engines, auth=not no_auth, keys_file=settings.keys_file, max_queue=max_queue,
+                         engine_options={"cache_size_gb": cache_size_gb} if cache_size_gb else {},
+                         log_prompts=log_prompts,
+                         resolve_version=resolver, default_max_tokens=default_max_tokens,
+                         swap_roots=swap_roots, swap_timeout_s=swap_timeout, max_n=max_n)
+    # routers the caller mounts (the root CLI hands over flows' Hub webhook): serving imports no flows
+    routers = (ctx.obj or {}).get("serve_routers", list)()
+    app = build_app(config, startup_hooks=hooks_start, shutdown_hooks=hooks_stop, settings=settings,
+                    routers=routers)
     import logging
 
     from serving.drain import run_server
@@ -112,16 +114,11 @@ def keys_create(
     tpm: int | None = typer.Option(None, "--tpm", help="Prompt + completion tokens per minute (default: no limit)."),
 ) -> None:
     """Create a key; it is printed once and only its sha256 is stored."""
-    from onramp.cli import fail
-    from onramp.errors import OnrampError
     from onramp.settings import load_settings
     from serving.auth import create_key
 
-    try:
-        settings = load_settings(keys_file=keys_file)
-        raw = create_key(settings.keys_file, name, admin=admin, rpm=rpm, tpm=tpm)
-    except OnrampError as err:
-        fail(err)
+    settings = load_settings(keys_file=keys_file)
+    raw = create_key(settings.keys_file, name, admin=admin, rpm=rpm, tpm=tpm)
     typer.secho(f"key {name!r} stored (hashed) in {settings.keys_file}; it is shown only now:", err=True)
     typer.echo(raw)
 
@@ -129,37 +126,26 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(keys_file: Path | None = typer.Option(None, "--keys-file")) -> None:
     """List key names, scopes, limits and usage so far (never the keys)."""
-    from onramp.cli import fail
-    from onramp.errors import OnrampError
     from onramp.settings import load_settings
     from serving.auth import list_keys
     from serving.usage import read_usage, usage_file
 
-    try:
-        settings = load_settings(keys_file=keys_file)
-        usage = read_usage(usage_file(settings.keys_file))
-        typer.echo("name\tscopes\trpm\ttpm\trequests\tprompt_tokens\tcompletion_tokens")
-        for key in list_keys(settings.keys_file):
-            u = usage.get(key.name, {})
-            typer.echo(f"{key.name}\t{','.join(key.scopes)}\t{key.rpm or '-'}\t{key.tpm or '-'}\t"
-                       f"{u.get('requests', 0)}\t{u.get('prompt_tokens', 0)}\t{u.get('completion_tokens', 0)}")
-    except OnrampError as err:
-        fail(err)
+    settings = load_settings(keys_file=keys_file)
+    usage = read_usage(usage_file(settings.keys_file))
+    typer.echo("name\tscopes\trpm\ttpm\trequests\tprompt_tokens\tcompletion_tokens")
+    for key in list_keys(settings.keys_file):
+        u = usage.get(key.name, {})
+        typer.echo(f"{key.name}\t{','.join(key.scopes)}\t{key.rpm or '-'}\t{key.tpm or '-'}\t"
+                   f"{u.get('requests', 0)}\t{u.get('prompt_tokens', 0)}\t{u.get('completion_tokens', 0)}")
 
 
 @keys_app.command("revoke")
 def keys_revoke(name: str = typer.Argument(...), keys_file: Path | None = typer.Option(None, "--keys-file")) -> None:
     """Remove a key from the keys file."""
-    from onramp.cli import fail
-    from onramp.errors import OnrampError
     from onramp.settings import load_settings
     from serving.auth import revoke_key
 
-    try:
-        settings = load_settings(keys_file=keys_file)
-        revoke_key(settings.keys_file, name)
-    except OnrampError as err:
-        fail(err)
+    revoke_key(load_settings(keys_file=keys_file).keys_file, name)
     typer.echo(f"revoked {name}")
 
 

@@ -67,7 +67,7 @@ class OpenVINOEngine(StepLoop):
             from builders.ov_runtime import load_properties, scheduler_settings
 
             # the manifest's runtime, never the device's defaults (bf16 on some CPUs changes answers)
-            self.properties = dict(properties) if properties is not None else load_properties(self.engine_dir)
+            self.properties = dict(properties) if properties is not None else load_properties(self.engine_dir, device)
             sched_fields = dict(scheduler) if scheduler is not None else scheduler_settings(self.engine_dir)
             if cache_size_gb is not None:
                 sched_fields["cache_size"] = cache_size_gb
@@ -135,7 +135,7 @@ class OpenVINOEngine(StepLoop):
         options.setdefault("backend_version", str(getattr(manifest, "backend_version", "") or ""))
         from builders.ov_runtime import load_properties, scheduler_settings
 
-        options.setdefault("properties", load_properties(manifest))
+        options.setdefault("properties", load_properties(manifest, options.get("device", "CPU")))
         options.setdefault("scheduler", scheduler_settings(manifest))
         return cls(engine_dir, name=name, **options)
 

@@ -30,16 +30,16 @@ def test_planner_proposes_int4_beside_int8_on_cpu_smallest_first(reference_model
 
 
 def test_onboard_plan_selects_int8_and_int4_ranked_by_the_planner(reference_model):
-    from flows import steps
+    from builders.targets import plan_targets
     from onramp.errors import OnrampError
 
-    both = [p for p in steps.plan(reference_model, ["cpu"], "int8,int4") if p.selected]
+    both = [p for p in plan_targets(reference_model, ["cpu"], "int8,int4") if p.selected]
     assert sorted((p.rank, p.precision, p.quantization) for p in both) == [(0, "int4", "int4"), (1, "int8", "int8")]
     assert all(p.layout and p.backend == "openvino" for p in both)
-    default = [p for p in steps.plan(reference_model, ["cpu"]) if p.selected]
+    default = [p for p in plan_targets(reference_model, ["cpu"]) if p.selected]
     assert [(p.precision, p.rank) for p in default] == [("int8", 0)]  # int4 is built only when asked for
     with pytest.raises(OnrampError, match="offers no precision 'fp8'"):
-        steps.plan(reference_model, ["cpu"], "int8,fp8")
+        plan_targets(reference_model, ["cpu"], "int8,fp8")
 
 
 @pytest.mark.slow

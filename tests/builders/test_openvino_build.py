@@ -61,7 +61,7 @@ def test_manifest_describes_the_engine(ov_int8_engine):
     assert manifest.runtime.properties["INFERENCE_PRECISION_HINT"] == "f32"
     assert manifest.runtime.properties["KV_CACHE_PRECISION"] == "u8"
     assert manifest.runtime.properties["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == 0
-    assert manifest.runtime.scheduler["enable_prefix_caching"] is False
+    assert manifest.runtime.scheduler["enable_prefix_caching"] is True
     verify_files(ov_int8_engine, manifest)
 
 

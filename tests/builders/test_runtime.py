@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 
 from builders.build import prepare_build
 from builders.errors import BuilderError
-from builders.ov_runtime import DEFAULT_PROPERTIES, PRECISION_ENV, load_properties, scheduler_settings
+from builders.ov_runtime import (CPU_LOAD_DEFAULTS, DEFAULT_PROPERTIES, PRECISION_ENV, load_properties,
+                                 scheduler_settings)
 from onramp.cli import app
 
 runner = CliRunner()
@@ -30,7 +31,7 @@ def test_dry_run_prints_the_runtime_properties(tiny_llama, tmp_path):
                                  "--runtime-precision", "bf16"])
     assert result.exit_code == 0, result.output
     assert "INFERENCE_PRECISION_HINT=bf16" in result.output
-    assert "KV_CACHE_PRECISION=u8" in result.output and "enable_prefix_caching=False" in result.output
+    assert "KV_CACHE_PRECISION=u8" in result.output and "enable_prefix_caching=True" in result.output
 
 
 def test_load_properties_come_from_the_manifest_and_the_override_wins(ov_int8_engine, monkeypatch):
@@ -43,6 +44,18 @@ def test_load_properties_come_from_the_manifest_and_the_override_wins(ov_int8_en
     monkeypatch.setenv(PRECISION_ENV, "fp64")
     with pytest.raises(BuilderError, match=PRECISION_ENV):
         load_properties(ov_int8_engine)
+
+
+def test_cpu_threads_are_unpinned_unless_the_manifest_records_pinning(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    plain = SimpleNamespace(runtime={"properties": dict(DEFAULT_PROPERTIES)})
+    assert load_properties(plain)["ENABLE_CPU_PINNING"] is False
+    assert load_properties(plain) == {**DEFAULT_PROPERTIES, **CPU_LOAD_DEFAULTS}
+    assert "ENABLE_CPU_PINNING" not in load_properties(plain, device="GPU")  # a CPU plugin property
+    pinned = SimpleNamespace(runtime={"properties": {**DEFAULT_PROPERTIES, "ENABLE_CPU_PINNING": True}})
+    assert load_properties(pinned)["ENABLE_CPU_PINNING"] is True
 
 
 def test_the_serving_engine_loads_with_the_manifest_properties(ov_int8_engine, monkeypatch):

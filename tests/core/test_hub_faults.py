@@ -10,7 +10,7 @@ import pytest
 
 from onramp.hub import HubError, HubUnavailableError, pull, revision_date
 from onramp.mirror import publish
-from tests.netfaults import CutProxy
+from tests.netfaults import FaultProxy
 
 REPO = "onramp-faults/tiny-llama"
 
@@ -22,7 +22,7 @@ def _sha(path) -> str:
 @pytest.fixture
 def cut_hub(hub_mirror, tiny_llama):
     sha = publish(REPO, tiny_llama, hub_mirror.mirror_dir)
-    proxy = CutProxy(hub_mirror.port)
+    proxy = FaultProxy(hub_mirror.port)
     yield proxy, sha
     proxy.close()
 

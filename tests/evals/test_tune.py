@@ -27,6 +27,7 @@ def test_candidates_preserve_numerics_and_leave_out_the_current_value(engine):
     runtime = read_manifest(engine).runtime.model_dump()
     space = candidate_values(engine, with_value(runtime, "threads", 2), cores=4)
     assert space["threads"] == [1, 4]  # 2 is the current value
+    assert space["cpu_pinning"] == [True]  # unpinned is what a CPU load uses when the manifest says nothing
     assert space["dynamic_split_fuse"] == [not runtime["scheduler"]["dynamic_split_fuse"]]
     assert 256 not in space["max_num_batched_tokens"]  # openvino's default when the manifest says nothing
     assert all(section in ("properties", "scheduler") for section, _ in KNOBS.values())

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from builders import targets
 from flows import steps
 from onramp.settings import load_settings
 
@@ -61,7 +62,7 @@ def test_without_the_deployment_in_process_and_without_a_worker_unavailable_at_o
     from flows.errors import OnboardError
 
     settings = load_settings()
-    gpu = next(p for p in steps.plan(tiny_llama, ["a100-80gb"]) if p.selected)
+    gpu = next(p for p in targets.plan_targets(tiny_llama, ["a100-80gb"]) if p.selected)
     # no build-layout deployment (Prefect's ephemeral API, no `onramp up`): the caller builds in-process
     assert build_on_gpu_pool(gpu, "acme/tiny", "0" * 40, settings, timeout=5) is None
     deploy_all(settings, only=(BUILD_LAYOUT,))
@@ -104,7 +105,7 @@ def test_gpu_layouts_are_built_by_a_worker_of_the_gpu_pool(prefect_server, hub_m
         _wait_pool_ready(GPU_POOL, worker)
 
         # 1. a layout built on the pool comes back through the registry
-        cpu = next(p for p in steps.plan(tiny_llama, ["cpu"]) if p.selected)
+        cpu = next(p for p in targets.plan_targets(tiny_llama, ["cpu"]) if p.selected)
         engine_dir = build_on_gpu_pool(cpu, repo, sha, settings, timeout=900)
         registry = Registry(settings)
         assert engine_dir.is_relative_to(settings.home / "registry" / "cache")  # fetched, not the worker's dir

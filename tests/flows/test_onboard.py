@@ -15,6 +15,8 @@ import time
 import pytest
 import yaml
 
+from builders import targets
+from evals import build_eval
 from flows import steps
 from flows.onboard import OnboardConfig
 from onramp.errors import OnrampError
@@ -33,7 +35,7 @@ def test_config_validation():
 
 
 def test_plan_selects_one_layout_per_target(reference_model):
-    plans = steps.plan(reference_model, ["cpu", "a100-80gb", "h100-80gb"])
+    plans = targets.plan_targets(reference_model, ["cpu", "a100-80gb", "h100-80gb"])
     selected = {p.target: p for p in plans if p.selected}
     assert set(selected) == {"cpu", "a100-80gb", "h100-80gb"}
     cpu = selected["cpu"]
@@ -46,39 +48,39 @@ def test_plan_selects_one_layout_per_target(reference_model):
     # SmolLM2-135M has 9 attention heads: TP2 cannot split them, and the row says so
     assert any(p.tp == 2 and "heads" in p.reason for p in rejected)
     assert len({p.key for p in plans}) == len(plans)
-    int4 = [p for p in steps.plan(reference_model, ["cpu"], "int4") if p.selected]
+    int4 = [p for p in targets.plan_targets(reference_model, ["cpu"], "int4") if p.selected]
     assert [(p.precision, p.quantization) for p in int4] == [("int4", "int4")]
 
 
 def test_plan_refuses_unknown_hardware_and_precision(reference_model):
     with pytest.raises(OnrampError, match="unknown hardware 'tpu-v5'"):
-        steps.plan(reference_model, ["tpu-v5"])
+        targets.plan_targets(reference_model, ["tpu-v5"])
     with pytest.raises(OnrampError, match="offers no precision 'fp8'"):
-        steps.plan(reference_model, ["cpu"], "fp8")
+        targets.plan_targets(reference_model, ["cpu"], "fp8")
 
 
 def test_gpu_layout_says_it_is_unavailable_here(reference_model):
-    gpu = next(p for p in steps.plan(reference_model, ["a100-80gb"]) if p.selected)
+    gpu = next(p for p in targets.plan_targets(reference_model, ["a100-80gb"]) if p.selected)
     with pytest.raises(OnrampError, match="unavailable"):
-        steps.build(reference_model, gpu, "acme/x", "0" * 40, load_settings())
+        targets.build_target(reference_model, gpu, "acme/x", "0" * 40, load_settings())
 
 
 def test_eval_cache_roundtrip():
     settings = load_settings()
-    assert steps.load_cached_eval(settings, "b" * 64, "quick") is None
-    result = steps.EvalResult(build_id="b" * 64, profile="quick", metrics={"perplexity_ratio": 1.01},
+    assert build_eval.load_cached_eval(settings, "b" * 64, "quick") is None
+    result = build_eval.EvalResult(build_id="b" * 64, profile="quick", metrics={"perplexity_ratio": 1.01},
                               report_md="## Quality", plot="/nonexistent.png", seconds=3.0)
     legacy = settings.home / "evals" / ("b" * 64) / "quick.json"  # saved by older evals (no KLD)
     legacy.parent.mkdir(parents=True)
     legacy.write_text(result.model_dump_json())
-    assert steps.load_cached_eval(settings, "b" * 64, "quick") is None  # measured again, not reused
-    path = steps.save_eval(settings, result)
-    assert path == settings.home / "evals" / ("b" * 64) / f"quick.v{steps.EVALS_VERSION}.json"
-    cached = steps.load_cached_eval(settings, "b" * 64, "quick")
+    assert build_eval.load_cached_eval(settings, "b" * 64, "quick") is None  # measured again, not reused
+    path = build_eval.save_eval(settings, result)
+    assert path == settings.home / "evals" / ("b" * 64) / f"quick.v{build_eval.EVALS_VERSION}.json"
+    cached = build_eval.load_cached_eval(settings, "b" * 64, "quick")
     assert cached.cached and cached.metrics == {"perplexity_ratio": 1.01} and cached.plot is None
-    assert steps.load_cached_eval(settings, "b" * 64, "full") is None
+    assert build_eval.load_cached_eval(settings, "b" * 64, "full") is None
     path.write_text("{broken")
-    assert steps.load_cached_eval(settings, "b" * 64, "quick") is None  # evaluated again, not trusted
+    assert build_eval.load_cached_eval(settings, "b" * 64, "quick") is None  # evaluated again, not trusted
 
 
 def test_registering_a_build_twice_makes_one_version(ov_int8_engine):
@@ -106,19 +108,19 @@ def test_latency_ab_only_against_a_production_of_another_build(ov_int8_engine):
     settings = load_settings()
     registry = Registry(settings)
     name = steps.read_build(ov_int8_engine)["name"]
-    first = steps.latency_ab(registry, name, ov_int8_engine, "quick", settings)
+    first = build_eval.latency_ab(registry, name, ov_int8_engine, "quick", settings)
     assert first.report is None and "no production version yet" in first.note
     name, version, _ = steps.register(registry, ov_int8_engine, run_id=None, gate_passed=True,
                                       metrics={"single_decode_tok_s": 99.0}, tags={})
     registry.promote(name, version)
-    same = steps.latency_ab(registry, name, ov_int8_engine, "quick", settings)
+    same = build_eval.latency_ab(registry, name, ov_int8_engine, "quick", settings)
     assert same.report is None and same.production_version == version and "is production" in same.note
-    evaluated = steps.EvalResult(build_id="b" * 64, profile="quick", metrics={"single_decode_tok_s": 1.0},
+    evaluated = build_eval.EvalResult(build_id="b" * 64, profile="quick", metrics={"single_decode_tok_s": 1.0},
                                  report_md="## Quality")
-    merged = steps.with_ab(evaluated, same)
+    merged = build_eval.with_ab(evaluated, same)
     assert merged.metrics == evaluated.metrics and "No side-by-side comparison" in merged.report_md
     # production's stored latency (99 tok/s) decides nothing against this run's (1 tok/s)
-    outcome = steps.gate(merged.metrics, None, steps.production_metrics(registry, name), latency=True, ab=same)
+    outcome = build_eval.judge(merged.metrics, None, steps.production_metrics(registry, name), latency=True, ab=same)
     assert not any(r["kind"] in ("regression", "ratio") for r in outcome.rows)
     assert "single_decode_tok_s" not in outcome.failed
 
@@ -153,17 +155,17 @@ def test_same_weights_new_revision_pass_the_latency_ab_with_a_cpu_hog(ov_int8_en
     (candidate / "manifest.json").write_text(json.dumps(manifest))
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        ab = steps.latency_ab(registry, name, candidate, "quick", settings)
+        ab = build_eval.latency_ab(registry, name, candidate, "quick", settings)
     finally:
         hog.kill()
         hog.wait(timeout=30)
     assert ab.report is not None and ab.production_version == version, ab.note
-    outcome = steps.gate({}, None, None, latency=False, ab=ab)  # (quality not measured here)
+    outcome = build_eval.judge({}, None, None, latency=False, ab=ab)  # (quality not measured here)
     ratios = [r for r in outcome.rows if r["kind"] == "ratio"]
     assert len(ratios) == 3 and all(r["result"] == "pass" for r in ratios), outcome.summary + ab.markdown()
-    merged = steps.with_ab(steps.EvalResult(build_id="f" * 64, profile="quick", metrics={}), ab)
+    merged = build_eval.with_ab(build_eval.EvalResult(build_id="f" * 64, profile="quick", metrics={}), ab)
     assert {"ab_output_tok_s_ratio", "ab_production_output_tok_s", "ab_candidate_output_tok_s"} <= set(merged.metrics)
-    again = steps.latency_ab(registry, name, candidate, "quick", settings)
+    again = build_eval.latency_ab(registry, name, candidate, "quick", settings)
     assert again.cached and again.report == ab.report  # the pair is measured once
 
 
@@ -292,7 +294,7 @@ def _assert_artifacts(repo: str) -> None:
     import httpx
     from prefect.settings import PREFECT_API_URL
 
-    from flows.onboard import _slug
+    from flows.report import slug as _slug
 
     slug = _slug(repo)
     keys = [f"{slug}-{k}" for k in ("layouts", "evals", "latency", "mlflow-run", "mlflow-version", "result")]

@@ -5,8 +5,9 @@
   ``s3://bucket/<unique prefix>`` artifact root and a boto3 client.
 - ``mlflow_server`` (session): ``mlflow server`` as a subprocess, SQLite backend, artifacts on
   the moto S3 (clients write them directly: ``--no-serve-artifacts``).
-- ``flaky_proxy``: a TCP proxy on loopback in front of the moto server that can drop every
-  connection for a while, after a given number of uploaded bytes (a real network failure).
+- ``flaky_proxy`` / ``stall_proxy``: a :class:`tests.netfaults.FaultProxy` in front of the moto
+  server (drops every connection for a while after some uploaded bytes) / the ``mlflow server``
+  (holds a given request, or goes down).
 - ``make_engine``: small engine directories with a real manifest.json (sha256 of every file).
 - ``_fresh_mlflow_db`` (autouse): MLflow creates a new SQLite database by running its ~60
   migrations (5-15 s on a busy 2-core machine); each test instead gets a copy of an empty,
@@ -18,9 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import sys
-import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import pytest
 
 from serving.process import spawn_server
 from tests.conftest import free_port
+from tests.netfaults import FaultProxy
 
 BUCKET = "onramp-registry-test"
 S3_ENV = {
@@ -190,210 +190,30 @@ def mlflow_server(moto_s3, mlflow_db_template, tmp_path_factory):
         server.stop(timeout=10)
 
 
-class FlakyProxy:
-    """Forwards 127.0.0.1:port to the target; ``fail_after(n, for_s)`` drops every connection
-    once n bytes went upstream, refuses new ones for ``for_s`` seconds (``None``: until
-    :meth:`restore`), then forwards again. ``fired`` is set when the outage began.
-
-    Accepting a connection and starting an outage are serialized by one lock, so no connection
-    opened just before an outage survives it."""
-
-    def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.up = threading.Event()
-        self.up.set()
-        self.sent = 0
-        self.trigger: tuple[int, float] | None = None
-        self.outages = 0
-        self.fired = threading.Event()
-        self._lock = threading.Lock()
-        self._conns: set[socket.socket] = set()
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def fail_after(self, nbytes: int, for_s: float | None) -> None:
-        with self._lock:
-            self.trigger = (self.sent + nbytes, for_s)
-
-    def restore(self) -> None:
-        self.up.set()
-
-    def _outage(self, for_s: float | None) -> None:
-        with self._lock:
-            self.up.clear()
-            self.outages += 1
-            conns, self._conns = set(self._conns), set()
-        self.fired.set()
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
-        if for_s is not None:
-            timer = threading.Timer(for_s, self.up.set)
-            timer.daemon = True
-            timer.start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.up.is_set():
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                if not self.up.is_set():  # an outage began while this one was being connected
-                    client.close()
-                    upstream.close()
-                    continue
-                self._conns |= {client, upstream}
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-                if upstream:
-                    with self._lock:
-                        self.sent += len(data)
-                        fire = self.trigger if self.trigger and self.sent >= self.trigger[0] else None
-                        if fire:
-                            self.trigger = None
-                    if fire:
-                        self._outage(fire[1])
-                        return
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                try:
-                    sock.close()
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._closed = True
-        self.listener.close()
-
-
 @pytest.fixture
 def flaky_proxy(moto_s3):
-    endpoint, _ = moto_s3
-    proxy = FlakyProxy(int(endpoint.rsplit(":", 1)[1]))
-    yield proxy
-    proxy.close()
-
-
-class StallProxy:
-    """Forwards 127.0.0.1:port to a server; ``stall_on(pattern, nth)`` holds the nth request whose
-    bytes contain ``pattern`` (e.g. ``b"POST /api/2.0/mlflow/model-versions/create"``): it is never
-    forwarded, and ``stalled`` is set, so a test knows its client is stuck exactly there (and can
-    SIGKILL it). ``down(True)`` refuses and drops every connection (a server that went away)."""
-
-    def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.stalled = threading.Event()
-        self._pattern: bytes | None = None
-        self._left = 0
-        self._down = False
-        self._lock = threading.Lock()
-        self._conns: set[socket.socket] = set()
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stall_on(self, pattern: bytes, nth: int = 1) -> None:
-        with self._lock:
-            self._pattern, self._left = pattern, nth
-            self.stalled.clear()
-
-    def down(self, down: bool = True) -> None:
-        self._down = down
-        if down:
-            with self._lock:
-                conns, self._conns = set(self._conns), set()
-            for conn in conns:
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                conn.close()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self._down:
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._conns |= {client, upstream}
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if upstream:
-                    with self._lock:
-                        hit = self._pattern is not None and self._pattern in data
-                        if hit:
-                            self._left -= 1
-                            hit = self._left == 0
-                            if hit:
-                                self._pattern = None
-                    if hit:
-                        self.stalled.set()
-                        while not self._closed and src.recv(65536):  # hold it until the client dies
-                            pass
-                        return
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                try:
-                    sock.close()
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._closed = True
-        self.listener.close()
-        self.down(True)
+    """A :class:`tests.netfaults.FaultProxy` in front of the moto S3 server."""
+    with FaultProxy.to(moto_s3[0]) as proxy:
+        yield proxy
 
 
 @pytest.fixture
 def stall_proxy(mlflow_server):
-    """A :class:`StallProxy` in front of the session's ``mlflow server``."""
-    url, _ = mlflow_server
-    proxy = StallProxy(int(url.rsplit(":", 1)[1]))
-    yield proxy
-    proxy.close()
+    """A :class:`tests.netfaults.FaultProxy` in front of the session's ``mlflow server``."""
+    with FaultProxy.to(mlflow_server[0]) as proxy:
+        yield proxy
+
+
+SERVE_FROM_REGISTRY = ["--registry", "--no-auth", "--registry-poll", "1"]  # `onramp serve` arguments
+
+
+@pytest.fixture
+def two_versions(ov_int8_engine, onramp_home):
+    """``(registry, v1, v2)``: the reference engine registered twice, version 1 in production."""
+    from registry.client import Registry
+
+    reg = Registry()
+    v1 = reg.register(ov_int8_engine, gate_passed=True)
+    v2 = reg.register(ov_int8_engine, gate_passed=True)
+    reg.promote("huggingfacetb--smollm2-135m-instruct", v1)
+    return reg, v1, v2

@@ -12,6 +12,7 @@ from registry.client import Registry
 from registry.errors import RegistryError
 from serving.process import run_onramp_serve
 from serving.routing import VERSION_HEADER, bucket
+from tests.registry.conftest import SERVE_FROM_REGISTRY
 
 NAME = "huggingfacetb--smollm2-135m-instruct"
 
@@ -55,15 +56,12 @@ def _wait(predicate, what: str, server, timeout: float = 240.0) -> None:
 
 
 @pytest.mark.slow
-def test_canary_share_is_sticky_per_user_and_counted_per_version(ov_int8_engine, onramp_home, tmp_path):
+def test_canary_share_is_sticky_per_user_and_counted_per_version(two_versions, tmp_path):
     from openai import OpenAI
 
-    reg = Registry()
-    v1 = reg.register(ov_int8_engine, gate_passed=True)
-    v2 = reg.register(ov_int8_engine, gate_passed=True)
-    reg.promote(NAME, v1)
+    reg, v1, v2 = two_versions
     set_canary(reg, NAME, v2, 50)
-    with run_onramp_serve(["--registry", "--no-auth", "--registry-poll", "1"], log=tmp_path / "serve.log") as server:
+    with run_onramp_serve(SERVE_FROM_REGISTRY, log=tmp_path / "serve.log") as server:
         def weight() -> float:
             return _metric(httpx.get(f"{server.url}/metrics", timeout=10).text, "onramp_canary_weight",
                            model=NAME, version=v2)
@@ -95,15 +93,12 @@ def test_canary_share_is_sticky_per_user_and_counted_per_version(ov_int8_engine,
 
 
 @pytest.mark.slow
-def test_shadow_mirrors_greedy_production_requests_to_the_canary(ov_int8_engine, onramp_home, tmp_path):
+def test_shadow_mirrors_greedy_production_requests_to_the_canary(two_versions, tmp_path):
     from openai import OpenAI
 
-    reg = Registry()
-    v1 = reg.register(ov_int8_engine, gate_passed=True)
-    v2 = reg.register(ov_int8_engine, gate_passed=True)
-    reg.promote(NAME, v1)
+    reg, v1, v2 = two_versions
     set_canary(reg, NAME, v2, 0, shadow=100)  # no traffic to the canary; every greedy request mirrored
-    with run_onramp_serve(["--registry", "--no-auth", "--registry-poll", "1"], log=tmp_path / "serve.log") as server:
+    with run_onramp_serve(SERVE_FROM_REGISTRY, log=tmp_path / "serve.log") as server:
         def metrics() -> str:
             return httpx.get(f"{server.url}/metrics", timeout=10).text
 

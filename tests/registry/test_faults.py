@@ -3,7 +3,7 @@
 The local registry (SQLite + filelock) and the scale-out shape (``mlflow server`` + moto S3, where
 the lock is a create-only registered model) run the same race tests. Kill points are reached
 exactly: a proxy in front of ``mlflow server`` holds the request that would do the next write
-(``StallProxy``), the test sees it held and SIGKILLs the child process making it.
+(``tests.netfaults.FaultProxy.stall_on``), the test sees it held and SIGKILLs the child process making it.
 """
 
 from __future__ import annotations

@@ -171,7 +171,7 @@ def test_partial_downloads_are_never_used(make_engine):
     reg = Registry()
     engine = make_engine("p")
     version = reg.register(engine, gate_passed=True)
-    final = reg._cache_path(NAME, version)
+    final = reg.cache.path(NAME, version)
     final.parent.mkdir(parents=True)
     # a fetch killed half-way long ago, and a directory at the final path without the marker
     stale = final.parent / f".{version}.partial-old"

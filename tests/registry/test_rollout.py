@@ -20,6 +20,7 @@ from registry.client import Registry
 from serving.process import run_onramp_serve
 from serving.routing import VERSION_HEADER
 from tests.conftest import free_port
+from tests.registry.conftest import SERVE_FROM_REGISTRY
 
 NAME = "huggingfacetb--smollm2-135m-instruct"
 
@@ -136,14 +137,10 @@ def _rollout_cli(version: str, servers: list[str], gates: Path, steps: str, wind
 
 
 @pytest.mark.slow
-def test_rollout_on_two_replicas_under_load_promotes_with_no_failures(ov_int8_engine, onramp_home, tmp_path):
-    reg = Registry()
-    v1 = reg.register(ov_int8_engine, gate_passed=True)
-    v2 = reg.register(ov_int8_engine, gate_passed=True)
-    reg.promote(NAME, v1)
-    args = ["--registry", "--no-auth", "--registry-poll", "1"]
-    with run_onramp_serve(args, log=tmp_path / "a.log") as a, \
-            run_onramp_serve(args, log=tmp_path / "b.log") as b:
+def test_rollout_on_two_replicas_under_load_promotes_with_no_failures(two_versions, tmp_path):
+    reg, v1, v2 = two_versions
+    with run_onramp_serve(SERVE_FROM_REGISTRY, log=tmp_path / "a.log") as a, \
+            run_onramp_serve(SERVE_FROM_REGISTRY, log=tmp_path / "b.log") as b:
         servers = [a.url, b.url]
         for s in servers:
             deadline = time.monotonic() + 240
@@ -194,7 +191,7 @@ def test_a_throttled_canary_is_rolled_back_naming_the_metric(ov_int8_engine, onr
     v1 = reg.register(ov_int8_engine, gate_passed=True)
     v2 = reg.register(_throttled_copy(ov_int8_engine, tmp_path / "throttled"), name=NAME, gate_passed=True)
     reg.promote(NAME, v1)
-    with run_onramp_serve(["--registry", "--no-auth", "--registry-poll", "1"], log=tmp_path / "a.log") as a:
+    with run_onramp_serve(SERVE_FROM_REGISTRY, log=tmp_path / "a.log") as a:
         deadline = time.monotonic() + 240
         while _version(a.url) != v1:
             assert time.monotonic() < deadline, "the server did not load production"

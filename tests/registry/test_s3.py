@@ -142,13 +142,34 @@ def test_s3_drops_mid_upload_and_the_retry_completes_it(s3, flaky_proxy, make_en
     caplog.set_level(logging.WARNING, logger="registry")
     reg = registry_factory(s3.root, attempts=4, retry_wait=1.0)
     engine = make_engine("flaky", big=BIG)
-    flaky_proxy.fail_after(3 * 1024 * 1024, for_s=1.5)
+    flaky_proxy.cut_after(3 * 1024 * 1024, for_s=1.5, direction="up")
     version = reg.register(engine, gate_passed=True)
     assert flaky_proxy.outages == 1
     assert any("failed (attempt 1/4)" in r.getMessage() for r in caplog.records)
     assert reg.aliases(NAME) == {CANDIDATE: version}
     path = reg.fetch(NAME, version)  # verified: the retried upload is whole
     assert (path / "weights_big.bin").read_bytes() == (engine / "weights_big.bin").read_bytes()
+
+
+def test_a_cut_mid_upload_resends_the_file_it_hit_not_the_engine(s3, flaky_proxy, make_engine, registry_factory,
+                                                                   monkeypatch):
+    """One retry layer whose unit is a file: the first big file is not uploaded again (registry.store)."""
+    import os
+
+    from builders import manifest as bm
+
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", flaky_proxy.url)
+    reg = registry_factory(s3.root, attempts=4, retry_wait=1.0)
+    engine = make_engine("two-big", big=BIG)  # weights_big.bin: uploaded last
+    (engine / "a_first.bin").write_bytes(os.urandom(BIG))  # uploaded first
+    bm.write_manifest(engine, bm.read_manifest(engine).model_copy(update={"files": bm.hash_files(engine)}))
+    flaky_proxy.cut_after(BIG + 3 * 1024 * 1024, for_s=1.5, direction="up")  # 3 MB into weights_big.bin
+    version = reg.register(engine, gate_passed=True)
+    assert flaky_proxy.outages == 1
+    # a_first.bin once, 3 MB of weights_big.bin, then weights_big.bin whole (a whole-engine retry: 4 x BIG)
+    assert BIG * 2 < flaky_proxy.sent < BIG * 3
+    path = reg.fetch(NAME, version)
+    assert (path / "a_first.bin").read_bytes() == (engine / "a_first.bin").read_bytes()
 
 
 def test_s3_down_for_good_mid_upload_leaves_nothing_registered(s3, flaky_proxy, make_engine, registry_factory,
@@ -159,7 +180,7 @@ def test_s3_down_for_good_mid_upload_leaves_nothing_registered(s3, flaky_proxy, 
     # connection cut mid-request can wait out botocore's 60 s read timeout, by which time the
     # store was back and the second attempt rightly succeeded: "DID NOT RAISE" on some hosts.)
     reg = registry_factory(s3.root, attempts=2, retry_wait=0.1)
-    flaky_proxy.fail_after(3 * 1024 * 1024, for_s=None)
+    flaky_proxy.cut_after(3 * 1024 * 1024, for_s=None, direction="up")
     with pytest.raises(ArtifactStoreError) as err:
         reg.register(make_engine("gone", big=BIG), gate_passed=True)
     assert flaky_proxy.fired.is_set() and flaky_proxy.outages == 1  # the fault did fire
