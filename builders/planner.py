@@ -83,6 +83,19 @@ class Plan:
     def feasible(self) -> list[LayoutOption]:
         return [o for o in self.options if o.feasible]
 
+    def candidates(self, precisions: list[str] | tuple[str, ...] | None = None) -> list[LayoutOption]:
+        """The layouts worth building, one per precision (of ``precisions``, default every one the
+        hardware offers): its smallest feasible TP. Fewest weight bytes per device first: decode
+        reads every weight once per step, so a smaller build is preferred when its quality passes
+        the gates (on the cpu target int4 before int8; the flow builds and evaluates both when
+        asked for ``--precision int8,int4`` and promotes the first that passes)."""
+        wanted = list(precisions) if precisions else list(self.hardware.precisions)
+        best: dict[str, LayoutOption] = {}
+        for o in self.options:
+            if o.feasible and o.precision in wanted and o.precision not in best:
+                best[o.precision] = o
+        return sorted(best.values(), key=lambda o: (o.weights_gib, wanted.index(o.precision)))
+
     def option(self, tp: int, precision: str) -> LayoutOption:
         for o in self.options:
             if o.tp == tp and o.precision == precision:

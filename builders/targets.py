@@ -30,7 +30,8 @@ class TargetLayout(BaseModel):
     quantization: str
     tp: int = 1
     feasible: bool = True
-    selected: bool = False         # the one layout per target that gets built
+    selected: bool = False         # the layout(s) per target that get built
+    rank: int = 0                  # among a target's selected layouts, the planner's preference (0 first)
     reason: str = ""
     max_batch: int = 0
     layout: dict[str, Any] | None = None  # builders.Layout of a feasible option
@@ -45,7 +46,9 @@ def default_precision(kind: str, model_dtype: str) -> str:
 
 def plan_targets(checkpoint: Path, targets: list[str], precision: str | None = None) -> list[TargetLayout]:
     """Every layout the planner considers for each target; per target, the smallest-TP feasible
-    layout of the wanted precision is selected for building (the others explain themselves)."""
+    layout of the wanted precision is selected for building (the others explain themselves).
+    ``precision`` may list several (``int8,int4``): each is selected, ranked by the planner's
+    preference (:meth:`builders.planner.Plan.candidates`: fewest weight bytes first)."""
     from builders.hardware import get_hardware
     from builders.planner import plan_checkpoint
 
@@ -53,15 +56,17 @@ def plan_targets(checkpoint: Path, targets: list[str], precision: str | None = N
     for target in targets:
         hw = get_hardware(target)
         result = plan_checkpoint(checkpoint, hw.name)
-        want = precision or default_precision(hw.kind, result.facts.dtype)
-        if want not in hw.precisions:
-            raise BuilderError(f"{hw.name} offers no precision {want!r}",
-                               f"pass --precision one of {', '.join(hw.precisions)} (or leave it out)")
-        chosen = next((o for o in result.options if o.feasible and o.precision == want), None)
+        wants = [w.strip() for w in (precision or default_precision(hw.kind, result.facts.dtype)).split(",")
+                 if w.strip()]
+        for want in wants:
+            if want not in hw.precisions:
+                raise BuilderError(f"{hw.name} offers no precision {want!r}",
+                                   f"pass --precision one of {', '.join(hw.precisions)} (or leave it out)")
+        ranks = {id(o): i for i, o in enumerate(result.candidates(wants))}
         out += [TargetLayout(key=f"{hw.name}-tp{o.tp}-{o.precision}", target=hw.name, kind=hw.kind,
                              backend=hw.backend, precision=o.precision, quantization=o.quantization, tp=o.tp,
-                             feasible=o.feasible, selected=o is chosen, reason=o.reason, max_batch=o.max_batch,
-                             layout=o.to_layout().model_dump() if o.feasible else None)
+                             feasible=o.feasible, selected=id(o) in ranks, rank=ranks.get(id(o), 0), reason=o.reason,
+                             max_batch=o.max_batch, layout=o.to_layout().model_dump() if o.feasible else None)
                 for o in result.options]
     return out
 

@@ -34,7 +34,8 @@ def register(app: typer.Typer) -> None:
         repo: str = typer.Argument(..., help="Hub repo id, ORG/NAME."),
         revision: str = typer.Option("main", "--revision", help="Branch, tag or sha (pinned to a sha)."),
         targets: str = typer.Option("cpu", "--targets", help="Comma-separated hardware: cpu, a100-80gb, h100-80gb..."),
-        precision: str | None = typer.Option(None, "--precision", help="int8/int4 (cpu), bf16/fp16/int8/fp8 (gpu)."),
+        precision: str | None = typer.Option(None, "--precision", help="int8/int4 (cpu), bf16/fp16/int8/fp8 "
+                                                  "(gpu); several (int8,int4): each built and gated."),
         profile: str = typer.Option("quick", "--profile", help="Eval profile: quick or full (evals/profiles.yaml)."),
         gates: Path | None = typer.Option(None, "--gates", help="Gates YAML (default: evals/gates.yaml)."),
         no_latency: bool = typer.Option(False, "--no-latency", help="Skip the latency sweep."),

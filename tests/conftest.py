@@ -139,3 +139,14 @@ def ov_int8_engine(test_cache, reference_model) -> Path:
 
     return build_engine(reference_model, backend="openvino", quant="int8",
                         out_root=test_cache / "engines", repo=HUB_REPO_ID)
+
+
+@pytest.fixture(scope="session")
+def ov_int4_engine(test_cache, reference_model) -> Path:
+    """The reference model built to an int4 OpenVINO engine (4-bit weights in groups chosen per
+    model: 64 for SmolLM2-135M), cached under engines/ like ``ov_int8_engine``."""
+    from builders import build_engine
+    from onramp.reference import HUB_REPO_ID
+
+    return build_engine(reference_model, backend="openvino", quant="int4",
+                        out_root=test_cache / "engines", repo=HUB_REPO_ID)
