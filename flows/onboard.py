@@ -242,7 +242,7 @@ def _wait_for_builds(plans: list[TargetLayout], builds: dict[str, Any], result: 
     layouts table artifact; returns the built ones."""
     for p in plans:
         outcome = LayoutOutcome(key=p.key, target=p.target, backend=p.backend, precision=p.precision,
-                                status="not selected" if p.feasible else "infeasible", reason=p.reason)
+                                status="not selected" if p.feasible else "infeasible", reason=p.reason, rank=p.rank)
         if p.selected:
             state = builds[p.key].wait() or builds[p.key].state
             if state.is_completed():

@@ -27,6 +27,7 @@ class LayoutOutcome(BaseModel):
     precision: str
     status: str  # infeasible, not selected, failed, built, reused, eval-failed
     reason: str = ""
+    rank: int = 0  # the planner's preference among a target's selected layouts (0 first: fewest weight bytes)
     engine_dir: str | None = None
     build_id: str | None = None
     build_seconds: float | None = None

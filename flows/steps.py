@@ -18,8 +18,8 @@ from flows import report
 from onramp.settings import Settings
 
 __all__ = ["pull", "revision_date", "read_build", "model_name", "find_version", "production_metrics", "register",
-           "Recorded", "record_onboarding", "PromoteOutcome", "promote", "wait_for_serving", "running_services",
-           "mark_seen"]
+           "Recorded", "choose_build", "record_onboarding", "PromoteOutcome", "promote", "wait_for_serving",
+           "running_services", "mark_seen"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,16 @@ class Recorded(BaseModel):
     links: dict[str, str] = Field(default_factory=dict)
 
 
+def choose_build(builds: list[report.LayoutOutcome], registered: set[str]) -> tuple[str | None, bool]:
+    """``(key, passed)`` of the build an onboarding promotes: among registered builds that passed
+    their gates, the planner's best-ranked (int4 before int8 when both pass); when none passed, the
+    first registered one (its metrics go on the run), with ``passed`` False."""
+    passing = [o.key for o in sorted(builds, key=lambda o: o.rank) if o.gate == "passed" and o.key in registered]
+    if passing:
+        return passing[0], True
+    return next((o.key for o in builds if o.key in registered), None), False
+
+
 def record_onboarding(settings: Settings, *, run_name: str, params: dict[str, str], tags: dict[str, str],
                       builds: list[report.LayoutOutcome], evals: dict[str, Any], report_md: str,
                       version_tags: dict[str, str | None]) -> Recorded:
@@ -110,9 +120,7 @@ def record_onboarding(settings: Settings, *, run_name: str, params: dict[str, st
                 name, recorded.versions[o.key], _ = register(
                     registry, Path(o.engine_dir), run_id=parent.run_id, gate_passed=o.gate == "passed",
                     metrics=evals[o.key].metrics, tags={**version_tags, "layout_key": o.key})
-        passing = [o.key for o in builds if o.gate == "passed" and o.key in recorded.versions]
-        recorded.gate_passed = bool(passing)
-        recorded.chosen = passing[0] if passing else next((o.key for o in builds if o.key in recorded.versions), None)
+        recorded.chosen, recorded.gate_passed = choose_build(builds, set(recorded.versions))
         if recorded.chosen is not None:
             chosen = evals[recorded.chosen]
             parent.log_metrics(chosen.metrics)

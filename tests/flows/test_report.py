@@ -69,3 +69,19 @@ def test_result_markdown_and_links():
                   "mlflow_version": "http://127.0.0.1:5000/#/models/m/versions/2"}
     plain = tracking_links("m", "2", None, ui=None, experiment_id=None, tracking_uri="sqlite:///x")
     assert plain == {"mlflow_version": "models:/m/2"}
+
+
+def test_the_best_ranked_passing_build_is_promoted():
+    from flows.steps import choose_build
+
+    def build(key, rank, gate):
+        return LayoutOutcome(key=key, target="cpu", backend="openvino", precision=key[-4:], status="built",
+                             rank=rank, gate=gate)
+
+    int8, int4 = build("cpu-tp1-int8", 1, "passed"), build("cpu-tp1-int4", 0, "passed")
+    assert choose_build([int8, int4], {"cpu-tp1-int8", "cpu-tp1-int4"}) == ("cpu-tp1-int4", True)
+    int4.gate = "failed"  # int4's quality fails its gates: int8 goes out
+    assert choose_build([int8, int4], {"cpu-tp1-int8", "cpu-tp1-int4"}) == ("cpu-tp1-int8", True)
+    int8.gate = "failed"
+    assert choose_build([int8, int4], {"cpu-tp1-int8", "cpu-tp1-int4"}) == ("cpu-tp1-int8", False)
+    assert choose_build([int8, int4], set()) == (None, False)
