@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,20 +47,10 @@ def default_engine() -> Path:
 
 def throttled_copy(engine_dir: Path, out: Path, threads: int = 1) -> Path:
     """The engine's files (hard links) with a manifest whose runtime asks for ``threads`` threads."""
-    out.mkdir(parents=True)
-    for src in engine_dir.rglob("*"):
-        dst = out / src.relative_to(engine_dir)
-        if src.is_dir():
-            dst.mkdir(exist_ok=True)
-        elif src.name != "manifest.json":
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copy2(src, dst)
-    manifest = json.loads((engine_dir / "manifest.json").read_text())
-    manifest.setdefault("runtime", {}).setdefault("properties", {})["INFERENCE_NUM_THREADS"] = threads
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return out
+    from builders.manifest import read_manifest
+    from evals.tune import engine_copy, with_value
+
+    return engine_copy(engine_dir, with_value(read_manifest(engine_dir).runtime.model_dump(), "threads", threads), out)
 
 
 @contextlib.contextmanager

@@ -175,14 +175,11 @@ def _throttled_copy(engine: Path, dest: Path) -> Path:
     """The engine with one inference thread and a prefill of one token per step (its manifest's
     runtime; the weights are the same): a build whose runtime settings make it slow. One thread alone
     was not measurably slower on the loaded 2-core test machine (decode 12.2 vs 9.0 tok/s)."""
-    import shutil
+    from builders.manifest import read_manifest
+    from evals.tune import engine_copy, with_value
 
-    shutil.copytree(engine, dest)
-    manifest = json.loads((dest / "manifest.json").read_text())
-    manifest["runtime"]["properties"]["INFERENCE_NUM_THREADS"] = 1
-    manifest["runtime"]["scheduler"]["max_num_batched_tokens"] = 1
-    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return dest
+    runtime = with_value(read_manifest(engine).runtime.model_dump(), "threads", 1)
+    return engine_copy(engine, with_value(runtime, "max_num_batched_tokens", 1), dest)
 
 
 @pytest.mark.slow
