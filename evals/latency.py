@@ -196,8 +196,8 @@ def slo_results(rates: list[RateResult], slos: tuple[float, ...] | list[float]) 
     return out
 
 
-async def _run_schedule(url: str, model: str, arrivals: list[float], *, input_tokens: int, output_tokens: int,
-                        api_key: str | None, timeout: float, tokenizer, index0: int = 0) -> list[RequestRecord]:
+async def run_schedule(url: str, model: str, arrivals: list[float], *, input_tokens: int, output_tokens: int,
+                       api_key: str | None, timeout: float, tokenizer, index0: int = 0) -> list[RequestRecord]:
     """Send one request at each arrival time (a zero-gap schedule means one after another if serial)."""
     async with async_client(url, api_key, timeout) as client:
         t0 = time.perf_counter()
@@ -272,7 +272,7 @@ def run_sweep(url: str, model: str, rates: list[float] | tuple[float, ...] = DEF
         arrivals = poisson_arrivals(rate, requests_per_rate, seed=seed + i, max_duration_s=max_duration_s)
         if not arrivals:
             arrivals = [0.0]
-        records = asyncio.run(_run_schedule(url, model, arrivals, **kw, index0=1000 * (i + 1)))
+        records = asyncio.run(run_schedule(url, model, arrivals, **kw, index0=1000 * (i + 1)))
         results.append(RateResult(rate=rate, **summarize(records).model_dump()))
     if all(r.completed == 0 for r in results) and (single is None or single.completed == 0):
         first = next((r.first_error for r in results if r.first_error), "no response")

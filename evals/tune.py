@@ -120,10 +120,10 @@ def serve_configs(engine_dir: Path, configs: dict[str, dict], log_dir: Path) -> 
 
 
 def _measure(url: str, key: str, label: str, load: TuneLoad, round_index: int) -> dict[str, float | None]:
-    from evals.latency import _run_schedule, poisson_arrivals, summarize
+    from evals.latency import run_schedule, poisson_arrivals, summarize
 
     arrivals = poisson_arrivals(load.rate, load.requests, seed=load.seed + round_index)
-    records = asyncio.run(_run_schedule(url, label, arrivals, input_tokens=load.input_tokens,
+    records = asyncio.run(run_schedule(url, label, arrivals, input_tokens=load.input_tokens,
                                         output_tokens=load.output_tokens, api_key=key, timeout=load.timeout_s,
                                         tokenizer=None, index0=10_000 * (round_index + 1)))
     s = summarize(records)

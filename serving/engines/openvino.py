@@ -100,6 +100,9 @@ class OpenVINOEngine(StepLoop):
             from tokenizers import Tokenizer
 
             self._hf_tokenizer = Tokenizer.from_file(str(self.engine_dir / "tokenizer.json"))
+        # once: get_vocab_size(with_added_tokens=True) builds the whole vocabulary (~10 ms a call here),
+        # which on every request was most of the time to prepare a prompt
+        self._vocab = self._hf_tokenizer.get_vocab_size(with_added_tokens=True) if self._hf_tokenizer else 1 << 31
         self._scorer = Scorer(self.engine_dir, self.properties, device)  # compiled on first use
         self._info = EngineInfo(name=name, backend=self.backend, version=version, max_context=int(max_context),
                                 max_concurrent=int(max_num_seqs), engine_dir=str(self.engine_dir),
@@ -163,9 +166,7 @@ class OpenVINOEngine(StepLoop):
         return self._ov_tokenizer.apply_chat_template(history, add_generation_prompt=True, chat_template=template)
 
     def _vocab_size(self) -> int:
-        if self._hf_tokenizer is not None:
-            return self._hf_tokenizer.get_vocab_size(with_added_tokens=True)
-        return 1 << 31
+        return self._vocab
 
     async def _prompt_logprobs(self, ids: list[int], k: int) -> list[TokenLogprob]:
         scored = await asyncio.to_thread(self._scorer.prompt_logprobs, ids, max(k, 1))
@@ -175,9 +176,6 @@ class OpenVINOEngine(StepLoop):
             out.append(TokenLogprob(token=self._decode([tok]), logprob=lp, id=tok,
                                     top=tuple((self._decode([i]), v) for i, v in top[:k])))
         return out
-
-    def count_tokens(self, text: str) -> int:
-        return len(self._encode(text))
 
     def _prepare(self, request: GenerationRequest) -> tuple[list[int], int]:
         return prepare_prompt(request, encode=self._encode, render=self.render_chat, vocab_size=self._vocab_size(),

@@ -1,0 +1,200 @@
+"""How fast can this engine be on this machine at all? OpenVINO GenAI alone, no onramp code.
+
+``benchmarks/llamacpp_bench.py`` measures onramp's server against llama.cpp's. This script runs
+the bare engine underneath on the same workload: a ``ContinuousBatchingPipeline`` step loop in
+this process, with the engine's recorded properties and scheduler settings (and the thread count
+asked for), no HTTP, no tokenizer round trips, no onramp engine loop. Same closed loops as the
+benchmark (N workers, each sending its next request when its last one ends: 3 per worker at c=1,
+2 at c=4, 1 at c=16), unique ~150-word prompts through the engine's chat template, exactly
+``--output-tokens`` greedy tokens (``ignore_eos``).
+
+What it prints per concurrency is the fastest of ``--repeat`` runs and of the scheduler's
+``max_num_batched_tokens`` values tried (the engine's own, plus ``--max-num-batched-tokens``, the
+tuner's knob): an upper bound on what any server on this engine reaches here, since noise only
+lowers a run. ``llamacpp_bench.py --ceiling`` runs it after each pair (servers stopped) and prints
+it as a ratio to llama.cpp's numbers from the same run: if the bare engine is below a goal, no
+change to onramp's serving code can meet it on this machine.
+
+    .venv/bin/python benchmarks/engine_ceiling.py [--engine DIR] [--quant int8] [--concurrency 1,4,16]
+        [--output-tokens 128] [--prompt-words 150] [--threads T] [--repeat 2]
+        [--max-num-batched-tokens 1024] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+@dataclass
+class Level:
+    """The bare engine at one concurrency: the fastest of the repeats."""
+
+    concurrency: int
+    output_tok_s: float = 0.0
+    max_num_batched_tokens: int = 0  # the scheduler setting of that run
+    ttft_p50_s: float | None = None
+    decode_tok_s_p50: float | None = None
+
+
+class BareEngine:
+    """``openvino_genai.ContinuousBatchingPipeline`` with the engine's recorded runtime."""
+
+    def __init__(self, engine_dir: Path, *, threads: int | None = None, scheduler: dict | None = None):
+        import openvino_genai as ov_genai
+
+        from builders.ov_runtime import load_properties, scheduler_settings
+
+        self.engine_dir = Path(engine_dir)
+        self.properties = load_properties(self.engine_dir)
+        if threads:
+            self.properties["INFERENCE_NUM_THREADS"] = int(threads)
+        self.scheduler = {**scheduler_settings(self.engine_dir), **(scheduler or {})}
+        sched = ov_genai.SchedulerConfig()
+        for key, value in self.scheduler.items():
+            setattr(sched, key, value)
+        self.batched_tokens = int(sched.max_num_batched_tokens)  # as loaded (OpenVINO's default unless set)
+        self.tokenizer = ov_genai.Tokenizer(str(self.engine_dir))
+        self.pipe = ov_genai.ContinuousBatchingPipeline(str(self.engine_dir), self.tokenizer, sched, "CPU",
+                                                        **self.properties)
+        self._ov_genai = ov_genai
+        self._ids = iter(range(1 << 30))
+
+    def chat_ids(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids of each prompt as one user message through the engine's chat template."""
+        from tokenizers import Tokenizer
+
+        hf = Tokenizer.from_file(str(self.engine_dir / "tokenizer.json"))
+        texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
+                 for p in prompts]
+        return [hf.encode(t, add_special_tokens=False).ids for t in texts]
+
+    def closed_loop(self, prompts: list[list[list[int]]], max_new_tokens: int
+                    ) -> tuple[float, list[tuple[float, float, int]]]:
+        """Closed loop: worker ``w`` sends ``prompts[w]`` one after another, each when its last one
+        ends (all workers at once). Returns the wall time and per request (TTFT s, total s, tokens)."""
+        import numpy as np
+        import openvino as ov
+
+        config = self._ov_genai.GenerationConfig()
+        config.update_generation_config(max_new_tokens=max_new_tokens, ignore_eos=True, do_sample=False)
+        running = self._ov_genai.GenerationStatus.RUNNING
+        t0 = time.perf_counter()
+        queues = [list(p) for p in prompts]
+        active: dict[int, list] = {}  # worker -> [handle, start, first, tokens]
+        done: list[tuple[float, float, int]] = []
+
+        def send(w: int) -> None:
+            if queues[w]:
+                ids = queues[w].pop(0)
+                handle = self.pipe.add_request(next(self._ids), ov.Tensor(np.asarray([ids], dtype=np.int64)), config)
+                active[w] = [handle, time.perf_counter(), None, 0]
+
+        for w in range(len(queues)):
+            send(w)
+        while active:
+            self.pipe.step()
+            now = time.perf_counter()
+            for w, rec in list(active.items()):
+                handle = rec[0]
+                if handle.can_read():
+                    rec[3] += sum(len(o.generated_ids) for o in handle.read().values())
+                    if rec[2] is None and rec[3]:
+                        rec[2] = now - rec[1]
+                if handle.get_status() != running and not handle.can_read():
+                    done.append((rec[2] or 0.0, now - rec[1], rec[3]))
+                    del active[w]
+                    send(w)
+        return time.perf_counter() - t0, done
+
+
+def measure(engine_dir: Path, levels: list[int], *, output_tokens: int = 128, prompt_words: int = 150,
+            threads: int | None = None, repeat: int = 2, batched_tokens: list[int] | None = None,
+            requests_per_worker=None, progress=print) -> dict[int, Level]:
+    """The bare engine on the benchmark's workload at each concurrency (closed loops, the fastest of
+    ``repeat`` runs and of the scheduler's ``max_num_batched_tokens`` values tried)."""
+    import statistics
+
+    from evals.stream import make_prompt
+
+    per_worker = requests_per_worker or (lambda c: 3 if c == 1 else 1 if c >= 16 else 2)
+    prompt_tokens = int(prompt_words * 1.3) + 1
+    best = {c: Level(c) for c in levels}
+    from builders.ov_runtime import scheduler_settings
+
+    own = scheduler_settings(engine_dir).get("max_num_batched_tokens")
+    engine = None
+    for mnbt in [None, *sorted(set(batched_tokens or []) - {own})]:
+        engine = None  # free the last pipeline before compiling the next
+        engine = BareEngine(engine_dir, threads=threads,
+                            scheduler=None if mnbt is None else {"max_num_batched_tokens": mnbt})
+        value = engine.batched_tokens
+        engine.closed_loop([engine.chat_ids([make_prompt(980_000 + i, prompt_tokens)]) for i in range(2)], 4)
+        for c in levels:
+            for r in range(repeat):
+                prompts = [engine.chat_ids([make_prompt(800_000 + 10_000 * r + 100 * c + 10 * w + i, prompt_tokens)
+                                            for i in range(per_worker(c))]) for w in range(c)]
+                wall, rows = engine.closed_loop(prompts, output_tokens)
+                rate = sum(n for _, _, n in rows) / wall
+                decode = [(n - 1) / (total - ttft) for ttft, total, n in rows if n > 1 and total > ttft]
+                progress(f"  bare engine c={c:<2} max_num_batched_tokens={value}: {rate:.1f} output tok/s, "
+                         f"TTFT p50 {statistics.median(t for t, _, _ in rows) * 1000:.0f} ms, decode p50 "
+                         f"{statistics.median(decode):.1f} tok/s")
+                if rate > best[c].output_tok_s:
+                    best[c] = Level(c, rate, value, statistics.median(t for t, _, _ in rows),
+                                    statistics.median(decode) if decode else None)
+    return best
+
+
+def describe(levels: dict[int, Level]) -> list[str]:
+    lines = ["| concurrency | bare engine out tok/s | max_num_batched_tokens | TTFT p50 | decode/stream p50 |",
+             "|---|---|---|---|---|"]
+    for c, lv in sorted(levels.items()):
+        ttft = "–" if lv.ttft_p50_s is None else f"{lv.ttft_p50_s * 1000:.0f} ms"
+        decode = "–" if lv.decode_tok_s_p50 is None else f"{lv.decode_tok_s_p50:.1f} tok/s"
+        lines.append(f"| {c} | {lv.output_tok_s:.1f} | {lv.max_num_batched_tokens} | {ttft} | {decode} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", type=Path, default=None, help="engine directory (default: the reference build)")
+    ap.add_argument("--quant", default="int8", help="reference build to use without --engine (int8, int4)")
+    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--output-tokens", type=int, default=128)
+    ap.add_argument("--prompt-words", type=int, default=150)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--max-num-batched-tokens", default="1024",
+                    help="other scheduler max_num_batched_tokens to try besides the engine's own (comma-separated; "
+                         "'' for none)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    levels = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
+    if not levels or min(levels) < 1 or args.output_tokens < 2 or args.repeat < 1:
+        ap.error("every --concurrency >= 1, --output-tokens >= 2 and --repeat >= 1 are needed")
+    if args.engine is None:
+        from benchmarks.llamacpp_bench import reference_engine
+
+        args.engine = reference_engine(args.quant)
+    mnbt = [int(v) for v in args.max_num_batched_tokens.split(",") if v.strip()]
+    print(f"engine {args.engine}; {args.threads} threads; load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    result = measure(args.engine, levels, output_tokens=args.output_tokens, prompt_words=args.prompt_words,
+                     threads=args.threads, repeat=args.repeat, batched_tokens=mnbt,
+                     progress=lambda m: print(m, flush=True))
+    print("\n".join(describe(result)))
+    if args.json:
+        args.json.write_text(json.dumps({c: asdict(v) for c, v in result.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

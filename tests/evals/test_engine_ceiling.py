@@ -1,0 +1,46 @@
+"""benchmarks/engine_ceiling.py: the bare engine's closed loops on the reference int8 engine, and
+llamacpp_bench's verdict of whether a goal is within the bare engine's reach."""
+
+from __future__ import annotations
+
+from benchmarks.engine_ceiling import BareEngine, Level, measure
+from benchmarks.llamacpp_bench import print_ceiling
+from evals.stream import make_prompt
+
+
+def test_closed_loop_runs_every_worker_s_requests_to_their_length(ov_int8_engine):
+    engine = BareEngine(ov_int8_engine, threads=1)
+    assert engine.properties["INFERENCE_NUM_THREADS"] == 1
+    assert engine.properties["INFERENCE_PRECISION_HINT"] == "f32"  # the manifest's, not the CPU's default
+    prompts = [engine.chat_ids([make_prompt(10 * w + i, 40) for i in range(2)]) for w in range(2)]
+    assert all(20 < len(ids) < 120 for worker in prompts for ids in worker)
+    wall, rows = engine.closed_loop(prompts, 6)
+    assert len(rows) == 4 and all(n == 6 for _, _, n in rows)
+    assert all(0 < ttft <= total <= wall for ttft, total, _ in rows)
+
+
+def test_measure_keeps_the_fastest_run_per_level(ov_int8_engine):
+    seen = []
+    result = measure(ov_int8_engine, [1, 2], output_tokens=4, prompt_words=20, threads=1, repeat=2,
+                     batched_tokens=[64], requests_per_worker=lambda c: 1, progress=seen.append)
+    assert sorted(result) == [1, 2]
+    assert len(seen) == 2 * 2 * 2  # two scheduler settings x two levels x two repeats
+    for c, level in result.items():
+        rates = [float(line.split(": ")[1].split(" output")[0]) for line in seen if f"c={c:<2}" in line]
+        assert level.output_tok_s > 0 and abs(level.output_tok_s - max(rates)) < 0.06
+        assert level.max_num_batched_tokens in (64, 256)
+        assert level.ttft_p50_s > 0 and level.decode_tok_s_p50 > 0
+
+
+def test_ceiling_verdict_compares_the_bare_engine_with_llamacpp(capsys):
+    rows = [{"concurrency": 1, "onramp": {"output_tok_s": 50.0}, "llama.cpp": {"output_tok_s": 60.0}},
+            {"concurrency": 4, "onramp": {"output_tok_s": 90.0}, "llama.cpp": {"output_tok_s": 80.0}},
+            {"concurrency": 16, "onramp": {"output_tok_s": 100.0}, "llama.cpp": {"output_tok_s": 30.0}}]
+    ceiling = {1: Level(1, 66.0), 4: Level(4, 110.0), 16: Level(16, 120.0)}
+    print_ceiling("int8", "Q8_0", rows, ceiling)
+    lines = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("| ") and line[2].isdigit()}
+    assert "1.10x | 1.3x | no |" in lines["1"]  # 66 / 60 < 1.3
+    assert "1.38x | – | – |" in lines["4"]  # no goal at c=4
+    assert "4.00x | 3.0x | yes |" in lines["16"]  # 120 / 30 >= 3
+    assert "(76% of bare)" in lines["1"] and "(83% of bare)" in lines["16"]
