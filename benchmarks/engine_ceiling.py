@@ -185,6 +185,8 @@ def main() -> None:
         from benchmarks.llamacpp_bench import reference_engine
 
         args.engine = reference_engine(args.quant)
+    if not (args.engine / "manifest.json").is_file():
+        ap.error(f"--engine {args.engine}: no manifest.json there; pass a directory made by `onramp build`")
     mnbt = [int(v) for v in args.max_num_batched_tokens.split(",") if v.strip()]
     print(f"engine {args.engine}; {args.threads} threads; load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
