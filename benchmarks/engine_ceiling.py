@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -67,15 +68,15 @@ class BareEngine:
                                                         **self.properties)
         self._ov_genai = ov_genai
         self._ids = iter(range(1 << 30))
+        from tokenizers import Tokenizer
+
+        self._hf = Tokenizer.from_file(str(self.engine_dir / "tokenizer.json"))
 
     def chat_ids(self, prompts: list[str]) -> list[list[int]]:
         """Token ids of each prompt as one user message through the engine's chat template."""
-        from tokenizers import Tokenizer
-
-        hf = Tokenizer.from_file(str(self.engine_dir / "tokenizer.json"))
         texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
                  for p in prompts]
-        return [hf.encode(t, add_special_tokens=False).ids for t in texts]
+        return [self._hf.encode(t, add_special_tokens=False).ids for t in texts]
 
     def closed_loop(self, prompts: list[list[list[int]]], max_new_tokens: int
                     ) -> tuple[float, list[tuple[float, float, int]]]:
@@ -121,46 +122,47 @@ def measure(engine_dir: Path, levels: list[int], *, output_tokens: int = 128, pr
             requests_per_worker=None, progress=print) -> dict[int, Level]:
     """The bare engine on the benchmark's workload at each concurrency (closed loops, the fastest of
     ``repeat`` runs and of the scheduler's ``max_num_batched_tokens`` values tried)."""
-    import statistics
-
     from evals.stream import make_prompt
 
-    per_worker = requests_per_worker or (lambda c: 3 if c == 1 else 1 if c >= 16 else 2)
-    prompt_tokens = int(prompt_words * 1.3) + 1
-    best = {c: Level(c) for c in levels}
+    if requests_per_worker is None:
+        from benchmarks.llamacpp_bench import per_worker_requests as requests_per_worker
     from builders.ov_runtime import scheduler_settings
 
+    prompt_tokens = int(prompt_words * 1.3) + 1
+    best = {c: Level(c) for c in levels}
     own = scheduler_settings(engine_dir).get("max_num_batched_tokens")
-    engine = None
     for mnbt in [None, *sorted(set(batched_tokens or []) - {own})]:
         engine = None  # free the last pipeline before compiling the next
         engine = BareEngine(engine_dir, threads=threads,
                             scheduler=None if mnbt is None else {"max_num_batched_tokens": mnbt})
-        value = engine.batched_tokens
         engine.closed_loop([engine.chat_ids([make_prompt(980_000 + i, prompt_tokens)]) for i in range(2)], 4)
         for c in levels:
             for r in range(repeat):
                 prompts = [engine.chat_ids([make_prompt(800_000 + 10_000 * r + 100 * c + 10 * w + i, prompt_tokens)
-                                            for i in range(per_worker(c))]) for w in range(c)]
+                                            for i in range(requests_per_worker(c))]) for w in range(c)]
                 wall, rows = engine.closed_loop(prompts, output_tokens)
-                rate = sum(n for _, _, n in rows) / wall
                 decode = [(n - 1) / (total - ttft) for ttft, total, n in rows if n > 1 and total > ttft]
-                progress(f"  bare engine c={c:<2} max_num_batched_tokens={value}: {rate:.1f} output tok/s, "
-                         f"TTFT p50 {statistics.median(t for t, _, _ in rows) * 1000:.0f} ms, decode p50 "
-                         f"{statistics.median(decode):.1f} tok/s")
-                if rate > best[c].output_tok_s:
-                    best[c] = Level(c, rate, value, statistics.median(t for t, _, _ in rows),
-                                    statistics.median(decode) if decode else None)
+                level = Level(c, sum(n for _, _, n in rows) / wall, engine.batched_tokens,
+                              statistics.median(t for t, _, _ in rows), statistics.median(decode) if decode else None)
+                progress(f"  bare engine c={c:<2} max_num_batched_tokens={level.max_num_batched_tokens}: "
+                         f"{level.output_tok_s:.1f} output tok/s, TTFT p50 {level.ttft_p50_s * 1000:.0f} ms, "
+                         f"decode p50 {_f(level.decode_tok_s_p50)} tok/s")
+                if level.output_tok_s > best[c].output_tok_s:
+                    best[c] = level
     return best
+
+
+def _f(value: float | None, spec: str = ".1f") -> str:
+    return "–" if value is None else format(value, spec)
 
 
 def describe(levels: dict[int, Level]) -> list[str]:
     lines = ["| concurrency | bare engine out tok/s | max_num_batched_tokens | TTFT p50 | decode/stream p50 |",
              "|---|---|---|---|---|"]
     for c, lv in sorted(levels.items()):
-        ttft = "–" if lv.ttft_p50_s is None else f"{lv.ttft_p50_s * 1000:.0f} ms"
-        decode = "–" if lv.decode_tok_s_p50 is None else f"{lv.decode_tok_s_p50:.1f} tok/s"
-        lines.append(f"| {c} | {lv.output_tok_s:.1f} | {lv.max_num_batched_tokens} | {ttft} | {decode} |")
+        ttft = _f(lv.ttft_p50_s and lv.ttft_p50_s * 1000, ".0f")
+        lines.append(f"| {c} | {lv.output_tok_s:.1f} | {lv.max_num_batched_tokens} | {ttft} ms | "
+                     f"{_f(lv.decode_tok_s_p50)} tok/s |")
     return lines
 
 

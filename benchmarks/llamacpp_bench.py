@@ -331,8 +331,8 @@ def print_ceiling(pair: str, gguf_type: str, rows: list[dict], ceiling: dict) ->
               f"{_f(lc)} | {_f(ratio, '.2f')}x | {f'{goal}x' if goal else '–'} | {reach} |")
 
 
-def run_pair(pair: str, server_bin: Path, gguf: Path, levels: list[int], args, log_dir: Path) -> list[dict]:
-    engine = reference_engine(pair).resolve()
+def run_pair(pair: str, engine: Path, server_bin: Path, gguf: Path, levels: list[int], args, log_dir: Path
+             ) -> list[dict]:
     threads = args.threads
     print(f"\n== {pair}: onramp {engine.name} vs llama.cpp {gguf.name}; {threads} threads each; "
           f"llama-server -np {max(levels)}", flush=True)
@@ -401,12 +401,13 @@ def main() -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="onramp-llamacpp-logs-"))
     report, missed, ceilings = {}, {}, {}
     for pair in pairs:
-        report[pair] = run_pair(pair, server_bin, ggufs[pair], levels, args, log_dir)
+        engine = reference_engine(pair).resolve()
+        report[pair] = run_pair(pair, engine, server_bin, ggufs[pair], levels, args, log_dir)
         if args.ceiling:  # both servers are stopped: the bare engine has the machine to itself
             from benchmarks.engine_ceiling import measure
 
             print(f"  {pair}: the bare engine on the same workload (benchmarks/engine_ceiling.py)", flush=True)
-            ceilings[pair] = measure(reference_engine(pair).resolve(), levels, output_tokens=args.output_tokens,
+            ceilings[pair] = measure(engine, levels, output_tokens=args.output_tokens,
                                      prompt_words=args.prompt_words, threads=args.threads, repeat=args.rounds,
                                      batched_tokens=[1024], requests_per_worker=per_worker_requests,
                                      progress=lambda m: print(m, flush=True))

@@ -118,34 +118,18 @@ def raw_runners(engine_dir: Path, max_tokens: int) -> dict:
     import numpy as np
     import openvino as ov
     import openvino_genai as ov_genai
-    from tokenizers import Tokenizer
 
-    from builders.ov_runtime import load_properties, scheduler_settings
+    from benchmarks.engine_ceiling import BareEngine
 
-    props = load_properties(engine_dir)
-    tokenizer = ov_genai.Tokenizer(str(engine_dir))
-    text = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True)
-    ids = Tokenizer.from_file(str(engine_dir / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+    bare = BareEngine(engine_dir)
+    [ids] = bare.chat_ids([MESSAGES[0]["content"]])
     config = ov_genai.GenerationConfig()
     config.update_generation_config(max_new_tokens=max_tokens, ignore_eos=True, do_sample=False)
-    sched = ov_genai.SchedulerConfig()
-    for key, value in scheduler_settings(engine_dir).items():
-        setattr(sched, key, value)
-    cb = ov_genai.ContinuousBatchingPipeline(str(engine_dir), tokenizer, sched, "CPU", **props)
-    llm = ov_genai.LLMPipeline(str(engine_dir), "CPU", **props)
-    rids = iter(range(1 << 30))
+    llm = ov_genai.LLMPipeline(str(engine_dir), "CPU", **bare.properties)
 
     def step_loop() -> Sample:
-        t0 = time.perf_counter()
-        handle = cb.add_request(next(rids), ov.Tensor(np.asarray([ids], dtype=np.int64)), config)
-        first, n = None, 0
-        while cb.has_non_finished_requests():
-            cb.step()
-            if handle.can_read():
-                n += sum(len(o.generated_ids) for o in handle.read().values())
-                if first is None and n:
-                    first = time.perf_counter() - t0
-        return Sample(first or 0.0, time.perf_counter() - t0, n)
+        _, [(ttft, total, n)] = bare.closed_loop([[ids]], max_tokens)
+        return Sample(ttft, total, n)
 
     def generate() -> Sample:
         t0 = time.perf_counter()

@@ -120,12 +120,12 @@ def serve_configs(engine_dir: Path, configs: dict[str, dict], log_dir: Path) -> 
 
 
 def _measure(url: str, key: str, label: str, load: TuneLoad, round_index: int) -> dict[str, float | None]:
-    from evals.latency import run_schedule, poisson_arrivals, summarize
+    from evals.latency import poisson_arrivals, run_schedule, summarize
 
     arrivals = poisson_arrivals(load.rate, load.requests, seed=load.seed + round_index)
     records = asyncio.run(run_schedule(url, label, arrivals, input_tokens=load.input_tokens,
-                                        output_tokens=load.output_tokens, api_key=key, timeout=load.timeout_s,
-                                        tokenizer=None, index0=10_000 * (round_index + 1)))
+                                       output_tokens=load.output_tokens, api_key=key, timeout=load.timeout_s,
+                                       tokenizer=None, index0=10_000 * (round_index + 1)))
     s = summarize(records)
     return {"output_tok_s": s.output_tok_s if not s.errors else None, "ttft_s": s.ttft_p50_s,
             "decode_tok_s": s.decode_tok_s_p50, "errors": float(s.errors)}

@@ -102,7 +102,7 @@ class OpenVINOEngine(StepLoop):
             self._hf_tokenizer = Tokenizer.from_file(str(self.engine_dir / "tokenizer.json"))
         # once: get_vocab_size(with_added_tokens=True) builds the whole vocabulary (~10 ms a call here),
         # which on every request was most of the time to prepare a prompt
-        self._vocab = self._hf_tokenizer.get_vocab_size(with_added_tokens=True) if self._hf_tokenizer else 1 << 31
+        self._vocab_size = self._hf_tokenizer.get_vocab_size(with_added_tokens=True) if self._hf_tokenizer else 1 << 31
         self._scorer = Scorer(self.engine_dir, self.properties, device)  # compiled on first use
         self._info = EngineInfo(name=name, backend=self.backend, version=version, max_context=int(max_context),
                                 max_concurrent=int(max_num_seqs), engine_dir=str(self.engine_dir),
@@ -165,9 +165,6 @@ class OpenVINOEngine(StepLoop):
                                                           chat_template=template, tools=tools)
         return self._ov_tokenizer.apply_chat_template(history, add_generation_prompt=True, chat_template=template)
 
-    def _vocab_size(self) -> int:
-        return self._vocab
-
     async def _prompt_logprobs(self, ids: list[int], k: int) -> list[TokenLogprob]:
         scored = await asyncio.to_thread(self._scorer.prompt_logprobs, ids, max(k, 1))
         out = [TokenLogprob(token=self._decode([ids[0]]), logprob=None, id=ids[0])]
@@ -178,7 +175,7 @@ class OpenVINOEngine(StepLoop):
         return out
 
     def _prepare(self, request: GenerationRequest) -> tuple[list[int], int]:
-        return prepare_prompt(request, encode=self._encode, render=self.render_chat, vocab_size=self._vocab_size(),
+        return prepare_prompt(request, encode=self._encode, render=self.render_chat, vocab_size=self._vocab_size,
                               max_context=self._info.max_context)
 
     # ------------------------------------------------------------------ the protocol

@@ -20,6 +20,9 @@ def test_closed_loop_runs_every_worker_s_requests_to_their_length(ov_int8_engine
 
 
 def test_measure_keeps_the_fastest_run_per_level(ov_int8_engine):
+    import openvino_genai as ov_genai
+
+    default = ov_genai.SchedulerConfig().max_num_batched_tokens  # the reference engine records none
     seen = []
     result = measure(ov_int8_engine, [1, 2], output_tokens=4, prompt_words=20, threads=1, repeat=2,
                      batched_tokens=[64], requests_per_worker=lambda c: 1, progress=seen.append)
@@ -28,7 +31,7 @@ def test_measure_keeps_the_fastest_run_per_level(ov_int8_engine):
     for c, level in result.items():
         rates = [float(line.split(": ")[1].split(" output")[0]) for line in seen if f"c={c:<2}" in line]
         assert level.output_tok_s > 0 and abs(level.output_tok_s - max(rates)) < 0.06
-        assert level.max_num_batched_tokens in (64, 256)
+        assert level.max_num_batched_tokens in (64, default)  # the one tried, or the engine's own
         assert level.ttft_p50_s > 0 and level.decode_tok_s_p50 > 0
 
 
