@@ -2,7 +2,7 @@
 
 ``benchmarks/llamacpp_bench.py`` measures onramp's server against llama.cpp's. This script runs
 the bare engine underneath on the same workload: a ``ContinuousBatchingPipeline`` step loop in
-this process, with the engine's recorded properties and scheduler settings (and the thread count
+this process, with the engine's recorded properties, scheduler and decoding settings (and the thread count
 asked for), no HTTP, no tokenizer round trips, no onramp engine loop. Same closed loops as the
 benchmark (N workers, each sending its next request when its last one ends: 3 per worker at c=1,
 2 at c=4, 1 at c=16), unique ~150-word prompts through the engine's chat template, exactly
@@ -52,10 +52,11 @@ class BareEngine:
     def __init__(self, engine_dir: Path, *, threads: int | None = None, scheduler: dict | None = None):
         import openvino_genai as ov_genai
 
-        from builders.ov_runtime import load_properties, scheduler_settings
+        from builders.ov_runtime import decoding_settings, load_properties, scheduler_settings
 
         self.engine_dir = Path(engine_dir)
         self.properties = load_properties(self.engine_dir)
+        self.decoding = decoding_settings(self.engine_dir)  # prompt lookup, as the server loads it
         if threads:
             self.properties["INFERENCE_NUM_THREADS"] = int(threads)
         self.scheduler = {**scheduler_settings(self.engine_dir), **(scheduler or {})}
@@ -65,7 +66,8 @@ class BareEngine:
         self.batched_tokens = int(sched.max_num_batched_tokens)  # as loaded (OpenVINO's default unless set)
         self.tokenizer = ov_genai.Tokenizer(str(self.engine_dir))
         self.pipe = ov_genai.ContinuousBatchingPipeline(str(self.engine_dir), self.tokenizer, sched, "CPU",
-                                                        **self.properties)
+                                                        **self.properties,
+                                                        **({"prompt_lookup": True} if self.decoding else {}))
         self._ov_genai = ov_genai
         self._ids = iter(range(1 << 30))
         from tokenizers import Tokenizer
@@ -86,7 +88,8 @@ class BareEngine:
         import openvino as ov
 
         config = self._ov_genai.GenerationConfig()
-        config.update_generation_config(max_new_tokens=max_new_tokens, ignore_eos=True, do_sample=False)
+        config.update_generation_config(max_new_tokens=max_new_tokens, ignore_eos=True, do_sample=False,
+                                        **self.decoding)
         running = self._ov_genai.GenerationStatus.RUNNING
         t0 = time.perf_counter()
         queues = [list(p) for p in prompts]

@@ -82,7 +82,7 @@ def compute_build_id(source_key: str, layout: Layout, backend: str, backend_vers
     payload = {"source": source_key, "layout": layout.model_dump(), "backend": backend,
                "backend_version": backend_version, "toolchain": dict(sorted(toolchain.items()))}
     if runtime is not None and (runtime.properties or runtime.scheduler):
-        payload["runtime"] = runtime.model_dump()
+        payload["runtime"] = {k: v for k, v in runtime.model_dump().items() if v or k != "decoding"}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

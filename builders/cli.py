@@ -53,7 +53,9 @@ def register(app: typer.Typer) -> None:
         runtime_precision: str | None = typer.Option(None, "--runtime-precision",
                                                      help="openvino: the compute precision recorded in the manifest "
                                                      "and used by every loader: f32 (default) or bf16 (faster on "
-                                                     "CPUs with BF16, lossier: a layout of its own for the gates)."),
+                                                     "CPUs with BF16, lossier: a layout of its own for the gates); "
+                                                     "-dq32 after either quantizes activations to int8 for the "
+                                                     "matmuls (f32-dq32: faster on AVX-512 VNNI/AMX CPUs, lossier)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the engine dir, build id, layout and the "
                                      "commands a build runs, and build nothing."),
     ) -> None:

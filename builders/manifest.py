@@ -58,6 +58,8 @@ class Runtime(_Strict):
 
     properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
     scheduler: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    # how tokens are produced without changing which: prompt-lookup decoding (builders.ov_runtime)
+    decoding: dict[str, int] = Field(default_factory=dict)
 
 
 class Manifest(_Strict):

@@ -134,7 +134,8 @@ class OpenVINOBackend:
         try:
             return default_runtime(precision or "f32")
         except ValueError as exc:
-            raise BuilderError(str(exc), "pass --runtime-precision f32 (default) or bf16") from None
+            raise BuilderError(str(exc), "pass --runtime-precision f32 (default), bf16, or either with -dq32 "
+                               "(int8 activations: f32-dq32)") from None
 
     def commands_text(self, checkpoint: Path, out_dir: Path, layout: Layout, facts: ModelFacts) -> str:
         import shlex

@@ -3,11 +3,11 @@
 Candidates are runtime settings that do not change what the engine computes, only how fast:
 OpenVINO's thread count (``INFERENCE_NUM_THREADS``) and the scheduler's
 ``max_num_batched_tokens``, dynamic split-fuse, prefix caching and KV cache size (the planner's
-KV memory for this host). Inference and KV-cache precision change numerics: they are a build of
-their own (``onramp build --runtime-precision bf16``), judged by the quality gates like any
-layout, never a tuner choice. Prompt-lookup decoding (``prompt_lookup`` in openvino-genai
-2026.4's ContinuousBatchingPipeline) changes how tokens are produced and needs per-request
-settings in the server; it is not a knob here either.
+KV memory for this host), and prompt-lookup decoding (``runtime.decoding``: drafts checked by the
+model itself, so greedy output is the model's own; it pays where outputs repeat their prompt, and
+costs where many streams share a step). Inference, activation and KV-cache precision change
+numerics: they are a build of their own (``onramp build --runtime-precision bf16``, ``f32-dq32``),
+judged by the quality gates like any layout, never a tuner choice.
 
 Method (the seed's Poisson arrivals, :mod:`evals.latency`, at a small load):
 
@@ -76,6 +76,7 @@ def candidate_values(engine_dir: Path, runtime: dict[str, dict[str, Any]], *, co
         "dynamic_split_fuse": [True, False],
         "prefix_caching": [True, False],
         "cache_size": [v] if (v := _kv_cache_gb(engine_dir, read_manifest(engine_dir))) else [],
+        "prompt_lookup": [0, 3],  # draft tokens per step (0: off)
     }
     return {k: [v for v in vals if v != current[k]] for k, vals in space.items()}
 

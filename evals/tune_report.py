@@ -20,8 +20,10 @@ KNOBS: dict[str, tuple[str, str]] = {  # knob -> (runtime section, key)
     "dynamic_split_fuse": ("scheduler", "dynamic_split_fuse"),
     "prefix_caching": ("scheduler", "enable_prefix_caching"),
     "cache_size": ("scheduler", "cache_size"),
+    "prompt_lookup": ("decoding", "num_assistant_tokens"),
 }
-_IMPLICIT = {"threads": 0, "max_num_batched_tokens": 256, "cpu_pinning": False}  # what a load uses when unset
+# what a load uses when unset
+_IMPLICIT = {"threads": 0, "max_num_batched_tokens": 256, "cpu_pinning": False, "prompt_lookup": 0}
 TTFT_TOLERANCE, DECODE_TOLERANCE = 1.25, 0.8
 
 

@@ -54,7 +54,8 @@ class OpenVINOEngine(StepLoop):
     def __init__(self, engine_dir: Path | str, *, name: str, version: str = "", max_context: int = 2048,
                  max_num_seqs: int = 32, cache_size_gb: int | None = None, device: str = "CPU",
                  max_num_batched_tokens: int | None = None, backend_version: str = "",
-                 properties: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None):
+                 properties: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None,
+                 decoding: dict[str, int] | None = None):
         try:
             import openvino_genai as ov_genai
         except ImportError as exc:  # pragma: no cover - installed with onramp
@@ -64,11 +65,13 @@ class OpenVINOEngine(StepLoop):
         self.engine_dir = Path(engine_dir)
         try:
             self._ov_tokenizer = ov_genai.Tokenizer(str(self.engine_dir))
-            from builders.ov_runtime import load_properties, scheduler_settings
+            from builders.ov_runtime import decoding_settings, load_properties, scheduler_settings
 
             # the manifest's runtime, never the device's defaults (bf16 on some CPUs changes answers)
             self.properties = dict(properties) if properties is not None else load_properties(self.engine_dir, device)
             sched_fields = dict(scheduler) if scheduler is not None else scheduler_settings(self.engine_dir)
+            # prompt-lookup decoding: every request of the pipeline then carries its draft settings
+            self.decoding = dict(decoding) if decoding is not None else decoding_settings(self.engine_dir)
             if cache_size_gb is not None:
                 sched_fields["cache_size"] = cache_size_gb
             if max_num_batched_tokens:
@@ -78,15 +81,17 @@ class OpenVINOEngine(StepLoop):
             for key, value in sched_fields.items():
                 if value is not None:
                     setattr(sched, key, value)
+            lookup = {"prompt_lookup": True} if self.decoding else {}
             self._pipe = ov_genai.ContinuousBatchingPipeline(str(self.engine_dir), self._ov_tokenizer, sched, device,
-                                                             **self.properties)
+                                                             **self.properties, **lookup)
         except Exception as exc:
             raise EngineLoadError(f"OpenVINO could not load the engine in {self.engine_dir}: {exc}",
                                   "check that `onramp build --backend openvino` made it and it is complete") from None
         self.scheduler = {k: v for k, v in sched_fields.items() if v is not None}  # as loaded (the tuner checks)
-        log.info("engine %s loaded with %s; scheduler %s", name,
+        log.info("engine %s loaded with %s; scheduler %s%s", name,
                  ", ".join(f"{k}={v}" for k, v in self.properties.items()),
-                 ", ".join(f"{k}={v}" for k, v in self.scheduler.items()))
+                 ", ".join(f"{k}={v}" for k, v in self.scheduler.items()),
+                 "; prompt lookup " + ", ".join(f"{k}={v}" for k, v in self.decoding.items()) if self.decoding else "")
         self._eos = self._ov_tokenizer.get_eos_token_id()
         template_file = self.engine_dir / "chat_template.jinja"
         self._chat_template = template_file.read_text() if template_file.is_file() else ""
@@ -112,6 +117,7 @@ class OpenVINOEngine(StepLoop):
         self._incoming: list[_Req] = []
         self._aborts: set[int] = set()
         self._by_request_id: dict[str, _Req] = {}
+        self._fanned: dict[str, int] = {}  # request id -> choices run as requests of their own
         self._active: dict[int, _Req] = {}
         self._closed = False
         self._dirty = False  # a request was cancelled: one step() frees its KV blocks
@@ -136,10 +142,11 @@ class OpenVINOEngine(StepLoop):
         build_id = str(getattr(manifest, "build_id", "") or "")
         options.setdefault("version", build_id[:12])
         options.setdefault("backend_version", str(getattr(manifest, "backend_version", "") or ""))
-        from builders.ov_runtime import load_properties, scheduler_settings
+        from builders.ov_runtime import decoding_settings, load_properties, scheduler_settings
 
         options.setdefault("properties", load_properties(manifest, options.get("device", "CPU")))
         options.setdefault("scheduler", scheduler_settings(manifest))
+        options.setdefault("decoding", decoding_settings(manifest))
         return cls(engine_dir, name=name, **options)
 
     def describe(self) -> EngineInfo:
@@ -183,11 +190,16 @@ class OpenVINOEngine(StepLoop):
         if self._closed:
             raise RequestError(f"model '{self._info.name}' is shutting down; retry", status=503,
                                headers={"Retry-After": "1"}, code="engine_closed")
+        if self.decoding and request.sampling.n > 1 and request.sampling.temperature > 0:
+            # prompt lookup drafts for one sequence per request: n sampled choices are n requests
+            async for delta in self._fan_out(request):
+                yield delta
+            return
         if _prompt_chars(request) <= _INLINE_PREPARE_CHARS:
             ids, max_new = self._prepare(request)  # ~1 ms; a thread hop would wait out a step
         else:
             ids, max_new = await asyncio.to_thread(self._prepare, request)
-        kwargs = generation_config_kwargs(request.sampling, max_new, self._eos)
+        kwargs = {**generation_config_kwargs(request.sampling, max_new, self._eos), **self.decoding}
         config = self._ov.GenerationConfig()
         eos = kwargs.pop("eos_token_id", None)
         config.update_generation_config(**kwargs)
@@ -252,10 +264,46 @@ class OpenVINOEngine(StepLoop):
                 self._abort_req(req)
             self._by_request_id.pop(request.request_id, None)
 
+    async def _fan_out(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """The ``n`` choices of a sampled request as ``n`` one-choice requests (seeds ``seed + i``), their
+        deltas interleaved with ``index`` = the choice."""
+        import dataclasses
+        import random
+
+        n = request.sampling.n
+        seed = request.sampling.seed if request.sampling.seed is not None else random.randrange(1 << 30)
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def one(i: int) -> None:
+            sub = dataclasses.replace(request, request_id=f"{request.request_id}#{i}",
+                                      sampling=dataclasses.replace(request.sampling, n=1, seed=seed + i))
+            try:
+                async for delta in self.stream(sub):
+                    await queue.put(dataclasses.replace(delta, index=i))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                await queue.put(exc)
+
+        self._fanned[request.request_id] = n
+        tasks = [asyncio.create_task(one(i)) for i in range(n)]
+        pending = n
+        try:
+            while pending:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    pending -= 1
+        finally:
+            self._fanned.pop(request.request_id, None)
+            for task in tasks:
+                task.cancel()
+
     def abort(self, request_id: str) -> None:
-        req = self._by_request_id.get(request_id)
-        if req is not None:
-            self._abort_req(req)
+        for rid in [request_id, *(f"{request_id}#{i}" for i in range(self._fanned.get(request_id, 0)))]:
+            req = self._by_request_id.get(rid)
+            if req is not None:
+                self._abort_req(req)
 
     def _abort_req(self, req: _Req) -> None:
         with self._cond:

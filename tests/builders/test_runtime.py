@@ -26,6 +26,20 @@ def test_default_cpu_build_records_f32_and_a_bf16_variant_is_its_own_build(tiny_
         prepare_build(tiny_llama, out_root=tmp_path, runtime_precision="int3")
 
 
+def test_a_dynamic_quantization_variant_is_its_own_build(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    plain = prepare_build(tiny_llama, out_root=tmp_path)
+    dq = prepare_build(tiny_llama, out_root=tmp_path, runtime_precision="f32-dq32")
+    assert dq.runtime.properties == {**DEFAULT_PROPERTIES, "DYNAMIC_QUANTIZATION_GROUP_SIZE": 32}
+    assert dq.build_id != plain.build_id and dq.final != plain.final
+    bf16dq = prepare_build(tiny_llama, out_root=tmp_path, runtime_precision="bf16-dq64")
+    assert bf16dq.runtime.properties["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert bf16dq.runtime.properties["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == 64
+    for bad, why in (("f32-dq", "not one of"), ("f32-dq3", "group must be"), ("int8-dq32", "not one of")):
+        with pytest.raises(BuilderError, match=why):
+            prepare_build(tiny_llama, out_root=tmp_path, runtime_precision=bad)
+
+
 def test_dry_run_prints_the_runtime_properties(tiny_llama, tmp_path):
     result = runner.invoke(app, ["build", str(tiny_llama), "--out", str(tmp_path), "--dry-run",
                                  "--runtime-precision", "bf16"])

@@ -30,7 +30,8 @@ def test_candidates_preserve_numerics_and_leave_out_the_current_value(engine):
     assert space["cpu_pinning"] == [True]  # unpinned is what a CPU load uses when the manifest says nothing
     assert space["dynamic_split_fuse"] == [not runtime["scheduler"]["dynamic_split_fuse"]]
     assert 256 not in space["max_num_batched_tokens"]  # openvino's default when the manifest says nothing
-    assert all(section in ("properties", "scheduler") for section, _ in KNOBS.values())
+    assert space["prompt_lookup"] == [3]  # off (0) is what a load does when the manifest says nothing
+    assert all(section in ("properties", "scheduler", "decoding") for section, _ in KNOBS.values())
     assert not {"INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION"} & {key for _, key in KNOBS.values()}
     assert describe(with_value(runtime, "threads", 1), runtime) == "threads=1"
 

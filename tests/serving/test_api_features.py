@@ -192,8 +192,14 @@ def test_top_logprobs_alternatives(server):
         assert sum(math.exp(t.logprob) for t in entry.top_logprobs) <= 1 + 1e-6
         lps = [t.logprob for t in entry.top_logprobs]
         assert lps == sorted(lps, reverse=True)
-        assert entry.top_logprobs[0].token == entry.token  # greedy: the sampled token is the most likely
-        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob)
+        # greedy: the sampled token is the most likely, up to the noise between the serving graph and the
+        # scorer's (both read a u8 KV cache, filled in different chunks): the 8th token here is a near-tie
+        # (0.009 nats in one pass) that the scorer's token-by-token pass put 0.064 nats the other way on an
+        # AVX-512 host; every other token's margin is >= 0.48 nats
+        alternatives = {t.token: t.logprob for t in entry.top_logprobs}
+        assert entry.token in alternatives
+        assert entry.logprob == pytest.approx(alternatives[entry.token])
+        assert entry.top_logprobs[0].logprob - entry.logprob < 0.15
     assert "".join(e.token for e in content) == resp.choices[0].message.content
     with pytest.raises(BadRequestError) as err:
         client.chat.completions.create(model=LAUNCH_MODEL, messages=WEATHER_Q, max_tokens=2, logprobs=True,

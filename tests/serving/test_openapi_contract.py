@@ -63,11 +63,12 @@ def contract_server(ov_int8_engine, tmp_path_factory):
 def _prompt_chars(body: dict) -> int:
     """How much text a generation body gives the engine (message contents or the prompt)."""
     texts: list = []
-    for message in body.get("messages") or []:
+    messages = body.get("messages")  # negative cases send any JSON value here
+    for message in messages if isinstance(messages, list) else []:
         content = message.get("content") if isinstance(message, dict) else None
         parts = content if isinstance(content, list) else [content]
         texts += [p.get("text") if isinstance(p, dict) else p for p in parts]
-    prompt = body.get("prompt")
+    prompt = body.get("prompt") if isinstance(body, dict) else None
     texts += prompt if isinstance(prompt, list) else [prompt]
     return sum(len(t) if isinstance(t, str) else 0 for t in texts)
 
