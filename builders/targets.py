@@ -32,6 +32,7 @@ class TargetLayout(BaseModel):
     feasible: bool = True
     selected: bool = False         # the layout(s) per target that get built
     rank: int = 0                  # among a target's selected layouts, the planner's preference (0 first)
+    runtime_precision: str | None = None  # the backend's compute variant (openvino: f32-dq32...); None: default
     reason: str = ""
     max_batch: int = 0
     layout: dict[str, Any] | None = None  # builders.Layout of a feasible option
@@ -44,11 +45,16 @@ def default_precision(kind: str, model_dtype: str) -> str:
     return model_dtype if model_dtype in ("fp16", "bf16") else "fp16"
 
 
-def plan_targets(checkpoint: Path, targets: list[str], precision: str | None = None) -> list[TargetLayout]:
+def plan_targets(checkpoint: Path, targets: list[str], precision: str | None = None,
+                 runtime_precision: str | None = None) -> list[TargetLayout]:
     """Every layout the planner considers for each target; per target, the smallest-TP feasible
     layout of the wanted precision is selected for building (the others explain themselves).
     ``precision`` may list several (``int8,int4``): each is selected, ranked by the planner's
-    preference (:meth:`builders.planner.Plan.candidates`: fewest weight bytes first)."""
+    preference (:meth:`builders.planner.Plan.candidates`: fewest weight bytes first).
+    ``runtime_precision`` (``f32-dq32,f32``) builds each selected layout once per compute variant on
+    targets whose backend records one (``default_runtime``), ranked in the order given within a layout;
+    other targets ignore it."""
+    from builders.backends import get_backend
     from builders.hardware import get_hardware
     from builders.planner import plan_checkpoint
 
@@ -63,12 +69,27 @@ def plan_targets(checkpoint: Path, targets: list[str], precision: str | None = N
                 raise BuilderError(f"{hw.name} offers no precision {want!r}",
                                    f"pass --precision one of {', '.join(hw.precisions)} (or leave it out)")
         ranks = {id(o): i for i, o in enumerate(result.candidates(wants))}
-        out += [TargetLayout(key=f"{hw.name}-tp{o.tp}-{o.precision}", target=hw.name, kind=hw.kind,
-                             backend=hw.backend, precision=o.precision, quantization=o.quantization, tp=o.tp,
-                             feasible=o.feasible, selected=id(o) in ranks, rank=ranks.get(id(o), 0), reason=o.reason,
-                             max_batch=o.max_batch, layout=o.to_layout().model_dump() if o.feasible else None)
-                for o in result.options]
+        variants = _runtime_variants(get_backend(hw.backend), runtime_precision)
+        for o in result.options:
+            for j, variant in enumerate(variants if id(o) in ranks else [None]):
+                out.append(TargetLayout(
+                    key=f"{hw.name}-tp{o.tp}-{o.precision}" + (f"-{variant}" if variant else ""), target=hw.name,
+                    kind=hw.kind, backend=hw.backend, precision=o.precision, quantization=o.quantization, tp=o.tp,
+                    feasible=o.feasible, selected=id(o) in ranks, rank=ranks.get(id(o), 0) * len(variants) + j,
+                    reason=o.reason, max_batch=o.max_batch, runtime_precision=variant,
+                    layout=o.to_layout().model_dump() if o.feasible else None))
     return out
+
+
+def _runtime_variants(backend: Any, runtime_precision: str | None) -> list[str | None]:
+    """The compute variants to build on a backend (checked now, not mid-build); ``[None]``: its default."""
+    default_runtime = getattr(backend, "default_runtime", None)
+    if not runtime_precision or default_runtime is None:
+        return [None]
+    variants = list(dict.fromkeys(v.strip() for v in runtime_precision.split(",") if v.strip()))
+    for variant in variants:
+        default_runtime(None, variant)  # BuilderError naming a bad one
+    return variants or [None]
 
 
 def build_target(checkpoint: Path, target: TargetLayout, repo: str, sha: str, settings: Any) -> Path:
@@ -80,7 +101,8 @@ def build_target(checkpoint: Path, target: TargetLayout, repo: str, sha: str, se
         raise BuilderError(f"layout {target.key} is not feasible: {target.reason}", "pick a feasible layout")
     quant = target.quantization if target.quantization != "none" else target.precision
     return build_engine(checkpoint, backend=target.backend, quant=quant, out_root=settings.engines_dir,
-                        repo=repo, revision=sha, layout=Layout(**target.layout), settings=settings)
+                        repo=repo, revision=sha, layout=Layout(**target.layout), settings=settings,
+                        runtime_precision=target.runtime_precision)
 
 
 def created_after(engine_dir: Path, started: float) -> bool:

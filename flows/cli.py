@@ -36,6 +36,9 @@ def register(app: typer.Typer) -> None:
         targets: str = typer.Option("cpu", "--targets", help="Comma-separated hardware: cpu, a100-80gb, h100-80gb..."),
         precision: str | None = typer.Option(None, "--precision", help="int8/int4 (cpu), bf16/fp16/int8/fp8 "
                                                   "(gpu); several (int8,int4): each built and gated."),
+        runtime_precision: str | None = typer.Option(None, "--runtime-precision",
+                                                     help="cpu compute variants, each built and gated, preferred "
+                                                     "in this order: e.g. f32-dq32,f32 (default f32)."),
         profile: str = typer.Option("quick", "--profile", help="Eval profile: quick or full (evals/profiles.yaml)."),
         gates: Path | None = typer.Option(None, "--gates", help="Gates YAML (default: evals/gates.yaml)."),
         no_latency: bool = typer.Option(False, "--no-latency", help="Skip the latency sweep."),
@@ -55,11 +58,12 @@ def register(app: typer.Typer) -> None:
 
         try:
             config = OnboardConfig(repo=repo, revision=revision, targets=targets, precision=precision,
-                                   profile=profile, gates=str(gates) if gates else None, latency=not no_latency,
+                                   runtime_precision=runtime_precision, profile=profile,
+                                   gates=str(gates) if gates else None, latency=not no_latency,
                                    approve=approve, promote=not no_promote)
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise OnboardError(f"bad --{first['loc'][0]}: {str(first['msg']).removeprefix('Value error, ')}",
+            raise OnboardError(f"bad --{str(first['loc'][0]).replace('_', '-')}: {str(first['msg']).removeprefix('Value error, ')}",
                                "see onramp onboard --help") from None
         if gates is not None and not gates.is_file():
             raise OnboardError(f"gates file {gates} does not exist", "pass an existing YAML to --gates")

@@ -49,6 +49,9 @@ class OnboardConfig(BaseModel):
                                description="Hardware to build for, e.g. cpu, a100-80gb, h100-80gb.")
     precision: str | None = Field(None, description="Precision for every target (int8, int4, bf16, fp8...); "
                                                     "default: int8 on CPUs, the checkpoint's dtype on GPUs.")
+    runtime_precision: str | None = Field(None, description="CPU (openvino) compute variants, each built and gated "
+                                          "per layout, preferred in the order given: e.g. f32-dq32,f32 "
+                                          "(int8 activations where they pass the gates); default f32.")
     profile: str = Field("quick", description="Eval profile (evals/profiles.yaml): quick or full.")
     gates: str | None = Field(None, description="Gates YAML file; default: evals/gates.yaml.")
     latency: bool = Field(True, description="Measure latency besides quality: a Poisson sweep (reported) and, "
@@ -77,6 +80,16 @@ class OnboardConfig(BaseModel):
             raise ValueError("targets is empty; name at least one, e.g. cpu")
         return value
 
+    @field_validator("runtime_precision")
+    @classmethod
+    def _runtime_variants(cls, value: str | None) -> str | None:
+        from builders.ov_runtime import parse_precision
+
+        for variant in (value or "").split(","):
+            if variant.strip():
+                parse_precision(variant)  # ValueError naming it
+        return value
+
 
 class Approval(RunInput):
     """The form a human fills in before promotion."""
@@ -95,8 +108,9 @@ def pull_task(repo: str, revision: str, settings: Settings) -> tuple[Path, str, 
 
 
 @task(name="plan")
-def plan_task(checkpoint: Path, targets: list[str], precision: str | None) -> list[TargetLayout]:
-    return plan_targets(checkpoint, targets, precision)
+def plan_task(checkpoint: Path, targets: list[str], precision: str | None,
+              runtime_precision: str | None = None) -> list[TargetLayout]:
+    return plan_targets(checkpoint, targets, precision, runtime_precision)
 
 
 @task(name="build", task_run_name="build-{target.key}")
@@ -192,7 +206,7 @@ def onboard(config: OnboardConfig) -> OnboardResult:
     settings = load_settings()
     checkpoint, sha, committed = pull_task(config.repo, config.revision, settings)
     result = OnboardResult(repo=config.repo, sha=sha)
-    plans = plan_task(checkpoint, config.targets, config.precision)
+    plans = plan_task(checkpoint, config.targets, config.precision, config.runtime_precision)
     builds = {p.key: build_task.submit(checkpoint, p, config.repo, sha, settings, config.gpu_build_timeout_s)
               for p in plans if p.selected}
     built = _wait_for_builds(plans, builds, result, config.targets)

@@ -42,6 +42,25 @@ def test_onboard_plan_selects_int8_and_int4_ranked_by_the_planner(reference_mode
         plan_targets(reference_model, ["cpu"], "int8,fp8")
 
 
+def test_onboard_plan_builds_each_compute_variant_of_a_layout_ranked_as_given(reference_model, tiny_llama):
+    from builders.targets import plan_targets
+    from onramp.errors import OnrampError
+
+    chosen = [p for p in plan_targets(reference_model, ["cpu"], "int8", "f32-dq32,f32") if p.selected]
+    assert [(p.rank, p.key, p.runtime_precision) for p in sorted(chosen, key=lambda p: p.rank)] == [
+        (0, "cpu-tp1-int8-f32-dq32", "f32-dq32"), (1, "cpu-tp1-int8-f32", "f32")]
+    both = sorted((p for p in plan_targets(reference_model, ["cpu"], "int8,int4", "f32-dq32,f32") if p.selected),
+                  key=lambda p: p.rank)
+    assert [p.key for p in both] == ["cpu-tp1-int4-f32-dq32", "cpu-tp1-int4-f32", "cpu-tp1-int8-f32-dq32",
+                                     "cpu-tp1-int8-f32"]
+    assert len({p.key for p in plan_targets(reference_model, ["cpu"], "int8,int4", "f32-dq32,f32")}) == len(
+        plan_targets(reference_model, ["cpu"], "int8,int4", "f32-dq32,f32"))  # keys stay unique
+    gpu = [p for p in plan_targets(tiny_llama, ["a100-80gb"], None, "f32-dq32") if p.selected]
+    assert gpu and all(p.runtime_precision is None for p in gpu)  # TensorRT-LLM records no such variant
+    with pytest.raises(OnrampError, match="runtime precision 'f32-dq2'"):
+        plan_targets(reference_model, ["cpu"], "int8", "f32-dq2")
+
+
 @pytest.mark.slow
 def test_int4_engine_manifest_and_weights(ov_int4_engine, ov_int8_engine, reference_model):
     from builders import read_manifest, verify_files

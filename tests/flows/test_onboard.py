@@ -28,8 +28,10 @@ from onramp.settings import load_settings
 def test_config_validation():
     cfg = OnboardConfig(repo="acme/model", targets="cpu, a100-80gb")
     assert cfg.targets == ["cpu", "a100-80gb"] and cfg.revision == "main" and cfg.profile == "quick"
+    assert OnboardConfig(repo="a/b", runtime_precision="f32-dq32,f32").runtime_precision == "f32-dq32,f32"
     for bad in ({"repo": "no-slash"}, {"repo": "a/b/c"}, {"repo": "a/b", "targets": ""},
-                {"repo": "a/b", "unknown": 1}):
+                {"repo": "a/b", "unknown": 1},
+                {"repo": "a/b", "runtime_precision": "f32-dq32,int9"}):
         with pytest.raises(ValueError):
             OnboardConfig(**bad)
 
