@@ -63,7 +63,8 @@ def register(app: typer.Typer) -> None:
                                    approve=approve, promote=not no_promote)
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise OnboardError(f"bad --{str(first['loc'][0]).replace('_', '-')}: {str(first['msg']).removeprefix('Value error, ')}",
+            option = str(first["loc"][0]).replace("_", "-")
+            raise OnboardError(f"bad --{option}: {str(first['msg']).removeprefix('Value error, ')}",
                                "see onramp onboard --help") from None
         if gates is not None and not gates.is_file():
             raise OnboardError(f"gates file {gates} does not exist", "pass an existing YAML to --gates")
