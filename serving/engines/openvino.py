@@ -280,7 +280,7 @@ class OpenVINOEngine(StepLoop):
             try:
                 async for delta in self.stream(sub):
                     await queue.put(dataclasses.replace(delta, index=i))
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer (a cancellation just ends it)
                 await queue.put(exc)
 
         self._fanned[request.request_id] = n
