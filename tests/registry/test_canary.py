@@ -7,6 +7,7 @@ import time
 import httpx
 import pytest
 
+from onramp.reference import PARIS_QUESTION
 from registry.canary import canary_state, clear_canary, set_canary
 from registry.client import Registry
 from registry.errors import RegistryError
@@ -105,8 +106,10 @@ def test_shadow_mirrors_greedy_production_requests_to_the_canary(two_versions, t
         _wait(lambda: f'{NAME}@canary' in httpx.get(f"{server.url}/readyz", timeout=10).text, "the canary", server)
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         for i in range(3):
+            # a question whose first 8 greedy tokens have top-2 margins >= 0.56 nats: the canary runs in
+            # another batch, and a near tie (the 5th token of "Name three colours." is 0.12 nats) can flip
             raw = client.chat.completions.with_raw_response.create(
-                model=NAME, messages=[{"role": "user", "content": "Name three colours."}], max_tokens=8,
+                model=NAME, messages=[{"role": "user", "content": PARIS_QUESTION}], max_tokens=8,
                 temperature=0, user=f"user-{i}")
             assert raw.headers[VERSION_HEADER] == v1  # the client only sees production's answer
         client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
