@@ -149,11 +149,12 @@ class CanaryFollower:
 
         for name in await asyncio.to_thread(self.registry.model_names):
             state = await asyncio.to_thread(canary_state, self.registry, name)
-            await self._apply(name, state.version if state.active else None, state.weight)
+            # the shadow rate first: a canary that goes live in _apply is mirrored from its first request on
             if state.active and state.shadow > 0:
                 self.router.shadow[name] = state.shadow
             else:
                 self.router.shadow.pop(name, None)
+            await self._apply(name, state.version if state.active else None, state.weight)
 
     async def _apply(self, name: str, version: str | None, weight: float) -> None:
         slot = canary_slot(name)
