@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from builders.errors import BuilderError
 
-__all__ = ["TargetLayout", "default_precision", "plan_targets", "build_target", "created_after"]
+__all__ = ["TargetLayout", "default_precision", "plan_targets", "build_target", "created_after", "runtime_variants"]
 
 
 class TargetLayout(BaseModel):
@@ -54,7 +54,6 @@ def plan_targets(checkpoint: Path, targets: list[str], precision: str | None = N
     ``runtime_precision`` (``f32-dq32,f32``) builds each selected layout once per compute variant on
     targets whose backend records one (``default_runtime``), ranked in the order given within a layout;
     other targets ignore it."""
-    from builders.backends import get_backend
     from builders.hardware import get_hardware
     from builders.planner import plan_checkpoint
 
@@ -69,7 +68,7 @@ def plan_targets(checkpoint: Path, targets: list[str], precision: str | None = N
                 raise BuilderError(f"{hw.name} offers no precision {want!r}",
                                    f"pass --precision one of {', '.join(hw.precisions)} (or leave it out)")
         ranks = {id(o): i for i, o in enumerate(result.candidates(wants))}
-        variants = _runtime_variants(get_backend(hw.backend), runtime_precision)
+        variants = runtime_variants(hw.backend, runtime_precision)
         for o in result.options:
             for j, variant in enumerate(variants if id(o) in ranks else [None]):
                 out.append(TargetLayout(
@@ -81,9 +80,12 @@ def plan_targets(checkpoint: Path, targets: list[str], precision: str | None = N
     return out
 
 
-def _runtime_variants(backend: Any, runtime_precision: str | None) -> list[str | None]:
-    """The compute variants to build on a backend (checked now, not mid-build); ``[None]``: its default."""
-    default_runtime = getattr(backend, "default_runtime", None)
+def runtime_variants(backend: str, runtime_precision: str | None) -> list[str | None]:
+    """The compute variants of ``runtime_precision`` (``f32-dq32,f32``) to build on ``backend``, checked by
+    the backend (a BuilderError names a bad one); ``[None]``: its default, or a backend without variants."""
+    from builders.backends import get_backend
+
+    default_runtime = getattr(get_backend(backend), "default_runtime", None)
     if not runtime_precision or default_runtime is None:
         return [None]
     variants = list(dict.fromkeys(v.strip() for v in runtime_precision.split(",") if v.strip()))

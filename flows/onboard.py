@@ -27,7 +27,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.input import RunInput
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from builders.targets import TargetLayout, build_target, created_after, plan_targets
+from builders.targets import TargetLayout, build_target, created_after, plan_targets, runtime_variants
 from evals.build_eval import ABOutcome, EvalResult, evaluate_build, judge, latency_ab, with_ab
 from evals.gates import GateResult
 from flows import report, steps
@@ -82,12 +82,18 @@ class OnboardConfig(BaseModel):
 
     @field_validator("runtime_precision")
     @classmethod
-    def _runtime_variants(cls, value: str | None) -> str | None:
-        from builders.ov_runtime import parse_precision
+    def _runtime_variants(cls, value: str | None, info) -> str | None:
+        """Checked now by each target's backend (the plan checks again), not when a build starts."""
+        from builders.hardware import CATALOG
+        from onramp.errors import OnrampError
 
-        for variant in (value or "").split(","):
-            if variant.strip():
-                parse_precision(variant)  # ValueError naming it
+        for target in info.data.get("targets") or []:
+            hw = CATALOG.get(str(target).lower())
+            if hw is not None:  # an unknown target is named by the plan
+                try:
+                    runtime_variants(hw.backend, value)
+                except OnrampError as err:
+                    raise ValueError(err.what) from None
         return value
 
 
