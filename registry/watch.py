@@ -58,6 +58,7 @@ class Failure:
 
 OnFailure = Callable[[Failure, Exception], None]
 OnNames = Callable[[list[str]], None]
+OnFetch = Callable[[str, str], None]
 
 
 class AliasWatcher:
@@ -71,6 +72,7 @@ class AliasWatcher:
         max_backoff: float = DEFAULT_MAX_BACKOFF_S,
         on_failure: OnFailure | None = None,
         on_names: OnNames | None = None,
+        on_fetch: OnFetch | None = None,
     ):
         if on_change is None:
             raise ValueError("AliasWatcher needs an on_change coroutine function")
@@ -82,6 +84,7 @@ class AliasWatcher:
         self.max_backoff = max(max_backoff, interval)
         self.on_failure = on_failure
         self.on_names = on_names  # told the registered model names at each poll (serving's aliases)
+        self.on_fetch = on_fetch  # told (name, version) before a version is fetched (serving: "loading")
         self.current: dict[str, str] = {}  # name -> version delivered to on_change
         self.failing: dict[str, Failure] = {}  # name -> the version that keeps failing
         self.errors = 0
@@ -138,6 +141,8 @@ class AliasWatcher:
                 if (failing is not None and failing.version == version
                         and time.monotonic() < failing.retry_at_monotonic):
                     continue  # backing off
+                if self.on_fetch is not None:
+                    self.on_fetch(name, version)
                 engine_dir = await asyncio.to_thread(self.registry.fetch, name, version)
                 await self.on_change(name, version, engine_dir)
             except asyncio.CancelledError:

@@ -170,7 +170,8 @@ def _ops_router() -> APIRouter:
         slots: Slots = request.app.state.slots
         status = slots.status()
         # a canary that loads or failed (serving.routing) never takes the replica out of the balancer
-        ready = bool(status) and all(s.state == "ready" for s in status if not s.name.endswith(CANARY_SUFFIX))
+        served = [s for s in status if not s.name.endswith(CANARY_SUFFIX)]
+        ready = bool(served) and all(s.state == "ready" for s in served)
         try:
             request.app.state.keys.check(request.headers.get("authorization"), ADMIN)
             models = admin.detailed_status(slots, getattr(request.app.state, "follower", None))

@@ -63,6 +63,7 @@ class RegistryFollower:
         self.max_backoff = max_backoff
         self.watcher = None
         self._metrics = None
+        self._slots = None
 
     @property
     def cache_dir(self) -> Path:
@@ -90,9 +91,13 @@ class RegistryFollower:
         def on_names(names: list[str]) -> None:  # short names, where no two registered models share one
             slots.set_aliases(self._short_aliases(names))
 
+        def on_fetch(name: str, version: str) -> None:  # 503 "loading", not 404, while it downloads
+            slots.pending(name, f"registry version {version} (fetching)")
+
+        self._slots = slots
         self.watcher = self._watcher_class(self.registry, alias="production", interval=self.interval,
                                            max_backoff=self.max_backoff, on_change=on_change,
-                                           on_failure=self._on_failure, on_names=on_names)
+                                           on_failure=self._on_failure, on_names=on_names, on_fetch=on_fetch)
         await self.watcher.start()
 
     async def stop(self, app) -> None:
@@ -100,8 +105,12 @@ class RegistryFollower:
             await self.watcher.stop()
 
     def _on_failure(self, failure, exc: Exception) -> None:
-        if self._metrics is not None and not isinstance(exc, SwapFailed):  # slots count their own
+        if isinstance(exc, SwapFailed):
+            return  # the slots counted it and keep its reason
+        if self._metrics is not None:
             self._metrics.swap_failures.labels(failure.name).inc()
+        if self._slots is not None:
+            self._slots.pending_failed(failure.name, f"version {failure.version}: {exc}")
 
     def resolve(self, name: str, version: str, *, force: bool = False) -> Path:
         """The verified local copy of ``name`` ``version`` (a number or an alias); a version whose

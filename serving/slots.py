@@ -191,6 +191,19 @@ class Slots:
                                   error=self._errors.get(name), draining=self._draining.get(name, 0)))
         return out
 
+    def pending(self, name: str, what: str) -> None:
+        """``name`` is on its way (e.g. a version being fetched from the registry): until it loads
+        (:meth:`swap`) or fails (:meth:`pending_failed`), requests for it get 503 ``model_loading``
+        with Retry-After instead of 404, and ``/readyz`` says "loading"."""
+        self._loading[name] = what
+
+    def pending_failed(self, name: str, reason: str) -> None:
+        """What :meth:`pending` announced did not arrive (a failed fetch): requests get 503
+        ``model_unavailable`` (an engine already live keeps serving)."""
+        self._loading.pop(name, None)
+        if name not in self._live:
+            self._errors[name] = reason
+
     def acquire(self, name: str) -> Lease:
         """A lease on the live engine of ``name`` (or of the model it is an alias of): 404 unknown,
         503 loading, 429 when its queue is full."""

@@ -56,6 +56,13 @@ def _wait(predicate, what: str, server, timeout: float = 240.0) -> None:
         time.sleep(0.5)
 
 
+def _both_ready(server) -> bool:
+    """Production and its canary both live (the canary may load first: readyz is 503 until production is)."""
+    r = httpx.get(f"{server.url}/readyz", timeout=10)
+    states = {m["name"]: m["state"] for m in r.json()["models"]}
+    return r.status_code == 200 and states.get(f"{NAME}@canary") == "ready" and states.get(NAME) == "ready"
+
+
 @pytest.mark.slow
 def test_canary_share_is_sticky_per_user_and_counted_per_version(two_versions, tmp_path):
     from openai import OpenAI
@@ -67,7 +74,7 @@ def test_canary_share_is_sticky_per_user_and_counted_per_version(two_versions, t
             return _metric(httpx.get(f"{server.url}/metrics", timeout=10).text, "onramp_canary_weight",
                            model=NAME, version=v2)
 
-        _wait(lambda: weight() == 50, "the canary to load", server)
+        _wait(lambda: weight() == 50 and _both_ready(server), "production and the canary to load", server)
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
 
         def ask(user: str) -> str:
@@ -103,7 +110,7 @@ def test_shadow_mirrors_greedy_production_requests_to_the_canary(two_versions, t
         def metrics() -> str:
             return httpx.get(f"{server.url}/metrics", timeout=10).text
 
-        _wait(lambda: f'{NAME}@canary' in httpx.get(f"{server.url}/readyz", timeout=10).text, "the canary", server)
+        _wait(lambda: _both_ready(server), "production and the canary to load", server)
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         for i in range(3):
             # a question whose first 8 greedy tokens have top-2 margins >= 0.56 nats: the canary runs in

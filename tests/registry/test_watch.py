@@ -104,3 +104,19 @@ async def test_watcher_backs_off_a_failing_version_and_tries_a_new_one_at_once(m
     await asyncio.to_thread(reg.promote, NAME, "2")
     assert await watcher.poll_once() == {NAME: "2"}
     assert calls[-1] == "2" and watcher.failing == {}
+
+
+async def test_watcher_tells_on_fetch_before_it_fetches(make_engine):
+    reg = Registry()
+    reg.register(make_engine("a"), gate_passed=True)
+    reg.promote(NAME, "1")
+    events: list[tuple] = []
+
+    async def on_change(name, version, engine_dir):
+        events.append(("change", name, version))
+
+    watcher = AliasWatcher(reg, interval=0.1, on_change=on_change,
+                           on_fetch=lambda name, version: events.append(("fetch", name, version)))
+    assert await watcher.poll_once() == {NAME: "1"}
+    assert await watcher.poll_once() == {}  # nothing moved: nothing fetched again
+    assert events == [("fetch", NAME, "1"), ("change", NAME, "1")]

@@ -37,3 +37,31 @@ async def test_router_picks_by_weight_and_a_failed_canary_keeps_readyz(ov_int8_e
         router.weights["m"] = 0
         assert {router.pick(slots, "m", u) for u in users} == {"m"}
     await slots.close()
+
+
+async def test_a_replica_with_only_its_canary_live_is_not_ready_and_a_fetch_in_flight_is_503(ov_int8_engine):
+    """The canary follower may load the canary before production has arrived from the registry:
+    /readyz stays 503 until production is live, and a request for a model on its way is a 503
+    ``model_loading`` with Retry-After (never a 404 "does not exist")."""
+    slots = Slots(loader=load_engine, engine_options=ENGINE_OPTIONS)
+    app = build_app(ServeConfig(auth=False), slots=slots)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        await slots.swap(canary_slot("m"), ov_int8_engine, version="2")
+        slots.pending("m", "registry version 1 (fetching)")
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503, ready.text
+        assert {m["name"]: m["state"] for m in ready.json()["models"]} == {"m": "loading", "m@canary": "ready"}
+        body = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        r = await client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading", r.text
+        assert r.headers["retry-after"] == "5"
+        slots.pending_failed("m", "version 1: checksum mismatch")
+        r = await client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_unavailable", r.text
+        assert "checksum mismatch" in r.json()["error"]["message"]
+        assert (await client.get("/readyz")).status_code == 503
+        await slots.swap("m", ov_int8_engine, version="1")
+        assert (await client.get("/readyz")).status_code == 200
+        r = await client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+    await slots.close()
