@@ -65,9 +65,21 @@ class BareEngine:
             setattr(sched, key, value)
         self.batched_tokens = int(sched.max_num_batched_tokens)  # as loaded (OpenVINO's default unless set)
         self.tokenizer = ov_genai.Tokenizer(str(self.engine_dir))
-        self.pipe = ov_genai.ContinuousBatchingPipeline(str(self.engine_dir), self.tokenizer, sched, "CPU",
-                                                        **self.properties,
-                                                        **({"prompt_lookup": True} if self.decoding else {}))
+        from builders.ov_runtime import split_decoding
+
+        # as the server loads it: with lookup_below, a drafting pipeline for requests that start while
+        # fewer than that run, beside the plain one (serving.engines.ov_loop)
+        self.draft, self.lookup_below = split_decoding(self.decoding)
+        self.pipe = ov_genai.ContinuousBatchingPipeline(
+            str(self.engine_dir), self.tokenizer, sched, "CPU", **self.properties,
+            **({"prompt_lookup": True} if self.draft and not self.lookup_below else {}))
+        self.lookup_pipe = None
+        if self.lookup_below:
+            lookup_sched = ov_genai.SchedulerConfig()
+            for key, value in {**self.scheduler, "max_num_seqs": self.lookup_below}.items():
+                setattr(lookup_sched, key, value)
+            self.lookup_pipe = ov_genai.ContinuousBatchingPipeline(
+                str(self.engine_dir), self.tokenizer, lookup_sched, "CPU", **self.properties, prompt_lookup=True)
         self._ov_genai = ov_genai
         self._ids = iter(range(1 << 30))
         from tokenizers import Tokenizer
@@ -89,7 +101,11 @@ class BareEngine:
 
         config = self._ov_genai.GenerationConfig()
         config.update_generation_config(max_new_tokens=max_new_tokens, ignore_eos=True, do_sample=False,
-                                        **self.decoding)
+                                        **({} if self.lookup_pipe is not None else self.draft))
+        drafted = self._ov_genai.GenerationConfig()
+        drafted.update_generation_config(max_new_tokens=max_new_tokens, ignore_eos=True, do_sample=False,
+                                         **self.draft)
+        pipes = [p for p in (self.pipe, self.lookup_pipe) if p is not None]
         running = self._ov_genai.GenerationStatus.RUNNING
         t0 = time.perf_counter()
         queues = [list(p) for p in prompts]
@@ -99,13 +115,17 @@ class BareEngine:
         def send(w: int) -> None:
             if queues[w]:
                 ids = queues[w].pop(0)
-                handle = self.pipe.add_request(next(self._ids), ov.Tensor(np.asarray([ids], dtype=np.int64)), config)
+                lookup = self.lookup_pipe is not None and len(active) < self.lookup_below
+                pipe, cfg = (self.lookup_pipe, drafted) if lookup else (self.pipe, config)
+                handle = pipe.add_request(next(self._ids), ov.Tensor(np.asarray([ids], dtype=np.int64)), cfg)
                 active[w] = [handle, time.perf_counter(), None, 0]
 
         for w in range(len(queues)):
             send(w)
         while active:
-            self.pipe.step()
+            for pipe in pipes:
+                if pipe.has_non_finished_requests():
+                    pipe.step()
             now = time.perf_counter()
             for w, rec in list(active.items()):
                 handle = rec[0]

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CPU_LOAD_DEFAULTS", "DEFAULT_PROPERTIES", "DEFAULT_SCHEDULER", "PRECISION_ENV", "PRECISIONS",
            "PROMPT_LOOKUP_NGRAM", "decoding_settings", "default_runtime", "load_properties", "parse_precision",
-           "precision_override", "scheduler_settings"]
+           "precision_override", "scheduler_settings", "split_decoding"]
 
 PRECISION_ENV = "ONRAMP_OPENVINO_PRECISION"
 PRECISIONS = ("f32", "bf16", "f16")
@@ -153,11 +153,26 @@ def scheduler_settings(manifest_or_dir: Any) -> dict[str, Any]:
 PROMPT_LOOKUP_NGRAM = 3
 
 
+#
+# ``lookup_below`` (N > 0) makes it load-adaptive: a new request is drafted for only while fewer than N
+# requests are running; the others go to a second pipeline on the same weights without drafts, so a
+# lone stream gets the drafts and a full batch does not pay for checking them (the engine then holds
+# two KV caches). 0 or absent: every request is drafted for.
+
+
 def decoding_settings(manifest_or_dir: Any) -> dict[str, int]:
-    """``{"num_assistant_tokens": N, "max_ngram_size": M}`` when prompt lookup is on, else ``{}``."""
+    """``{"num_assistant_tokens": N, "max_ngram_size": M}`` when prompt lookup is on, else ``{}``
+    (plus ``"lookup_below": K`` when it is load-adaptive)."""
     decoding = dict(_runtime_of(manifest_or_dir).get("decoding") or {})
     tokens = int(decoding.get("num_assistant_tokens") or 0)
     if tokens <= 0:
         return {}
     ngram = int(decoding.get("max_ngram_size") or PROMPT_LOOKUP_NGRAM)
-    return {"num_assistant_tokens": tokens, "max_ngram_size": ngram}
+    below = int(decoding.get("lookup_below") or 0)
+    return {"num_assistant_tokens": tokens, "max_ngram_size": ngram, **({"lookup_below": below} if below > 0 else {})}
+
+
+def split_decoding(decoding: dict[str, int]) -> tuple[dict[str, int], int]:
+    """``decoding_settings`` as (the GenerationConfig fields of a drafted request, ``lookup_below``)."""
+    fields = {k: v for k, v in decoding.items() if k != "lookup_below"}
+    return fields, int(decoding.get("lookup_below") or 0) if fields else 0

@@ -65,7 +65,7 @@ class OpenVINOEngine(StepLoop):
         self.engine_dir = Path(engine_dir)
         try:
             self._ov_tokenizer = ov_genai.Tokenizer(str(self.engine_dir))
-            from builders.ov_runtime import decoding_settings, load_properties, scheduler_settings
+            from builders.ov_runtime import decoding_settings, load_properties, scheduler_settings, split_decoding
 
             # the manifest's runtime, never the device's defaults (bf16 on some CPUs changes answers)
             self.properties = dict(properties) if properties is not None else load_properties(self.engine_dir, device)
@@ -81,9 +81,22 @@ class OpenVINOEngine(StepLoop):
             for key, value in sched_fields.items():
                 if value is not None:
                     setattr(sched, key, value)
-            lookup = {"prompt_lookup": True} if self.decoding else {}
-            self._pipe = ov_genai.ContinuousBatchingPipeline(str(self.engine_dir), self._ov_tokenizer, sched, device,
-                                                             **self.properties, **lookup)
+            # the GenerationConfig fields of a drafted request; lookup_below > 0: only while fewer run
+            self._draft, self._lookup_below = split_decoding(self.decoding)
+            self._pipe = ov_genai.ContinuousBatchingPipeline(
+                str(self.engine_dir), self._ov_tokenizer, sched, device, **self.properties,
+                **({"prompt_lookup": True} if self._draft and not self._lookup_below else {}))
+            self._lookup_pipe = None  # load-adaptive prompt lookup: the drafting pipeline beside the plain one
+            if self._lookup_below:
+                lookup_sched = ov_genai.SchedulerConfig()
+                for key, value in {**sched_fields, "max_num_seqs": self._lookup_below}.items():
+                    if value is not None:
+                        setattr(lookup_sched, key, value)
+                self._lookup_pipe = ov_genai.ContinuousBatchingPipeline(
+                    str(self.engine_dir), self._ov_tokenizer, lookup_sched, device, **self.properties,
+                    prompt_lookup=True)
+            self._pipes = [p for p in (self._pipe, self._lookup_pipe) if p is not None]
+            self.routed = {"drafted": 0, "plain": 0}  # requests admitted with prompt lookup and without
         except Exception as exc:
             raise EngineLoadError(f"OpenVINO could not load the engine in {self.engine_dir}: {exc}",
                                   "check that `onramp build --backend openvino` made it and it is complete") from None
@@ -199,7 +212,9 @@ class OpenVINOEngine(StepLoop):
             ids, max_new = self._prepare(request)  # ~1 ms; a thread hop would wait out a step
         else:
             ids, max_new = await asyncio.to_thread(self._prepare, request)
-        kwargs = {**generation_config_kwargs(request.sampling, max_new, self._eos), **self.decoding}
+        # adaptive prompt lookup: the stepping thread adds the draft fields if it routes the request there
+        draft = {} if self._lookup_pipe is not None else self._draft
+        kwargs = {**generation_config_kwargs(request.sampling, max_new, self._eos), **draft}
         config = self._ov.GenerationConfig()
         eos = kwargs.pop("eos_token_id", None)
         config.update_generation_config(**kwargs)
@@ -317,7 +332,8 @@ class OpenVINOEngine(StepLoop):
             self._closed = True
             self._cond.notify()
         self._thread.join(timeout=60)
-        self._pipe = None
+        self._pipe = self._lookup_pipe = None
+        self._pipes = []
         self._ov_tokenizer = None
         gc.collect()
         log.info("engine %s (%s) closed", self._info.name, self._info.version)

@@ -5,7 +5,11 @@ and leave it when they finish or are aborted. The thread sleeps on a condition w
 nothing to do; after each ``step()`` it reads every handle, detokenizes the new ids
 incrementally and hands the deltas to each request's asyncio queue with one
 ``call_soon_threadsafe`` per event loop. :class:`StepLoop` is a mixin: the engine owns the
-state (``_pipe``, ``_cond``, ``_incoming``, ``_aborts``, ``_active``, ``_dirty``, ``_closed``).
+state (``_pipes``, ``_cond``, ``_incoming``, ``_aborts``, ``_active``, ``_dirty``, ``_closed``).
+
+With load-adaptive prompt lookup (``runtime.decoding.lookup_below``) the engine has two pipelines on
+the same weights: a request admitted while fewer than ``lookup_below`` requests run goes to the
+drafting one, any other to the plain one (it stays where it started); each iteration steps both.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ class StepLoop:
                     continue
                 try:
                     tensor = self._ov_tensor(req.input_ids)
-                    req.handle = self._pipe.add_request(req.rid, tensor, req.config)
+                    req.handle = self._route(req).add_request(req.rid, tensor, req.config)
                     self._active[req.rid] = req
                 except Exception as exc:  # noqa: BLE001 - reported to that request only
                     req.done = True
@@ -95,9 +99,10 @@ class StepLoop:
                     self._finish(req, out, "abort")
             if self._active or self._dirty:
                 try:
-                    if self._pipe.has_non_finished_requests() or self._dirty:
-                        self._dirty = False
-                        self._pipe.step()
+                    dirty, self._dirty = self._dirty, False
+                    for pipe in self._pipes:
+                        if dirty or pipe.has_non_finished_requests():
+                            pipe.step()
                     self._collect(out)
                 except Exception as exc:  # noqa: BLE001 - a failed step fails the running batch
                     suspects = [r for r in self._active.values() if r.constraint is not None and not r.confirmed]
@@ -130,9 +135,19 @@ class StepLoop:
         self._deliver(out)
         if self._dirty:
             try:
-                self._pipe.step()
+                for pipe in self._pipes:
+                    pipe.step()
             except Exception:  # noqa: BLE001
                 log.debug("final cleanup step failed", exc_info=True)
+
+    def _route(self, req: _Req):
+        """The pipeline ``req`` joins: the drafting one while fewer than ``lookup_below`` requests run."""
+        if self._lookup_pipe is not None and len(self._active) < self._lookup_below:
+            req.config.update_generation_config(**self._draft)
+            self.routed["drafted"] += 1
+            return self._lookup_pipe
+        self.routed["drafted" if self._draft and self._lookup_pipe is None else "plain"] += 1
+        return self._pipe
 
     def _ov_tensor(self, ids: list[int]):
         import numpy as np

@@ -74,3 +74,45 @@ async def test_sampled_choices_structured_output_and_stop_work_with_prompt_looku
     assert isinstance(json.loads(doc[0])["city"], str)
     with pytest.raises(RequestError):  # a bad request is still refused by name, not run
         await reply(on, "bad", PARIS_QUESTION, max_tokens=10**9)
+
+
+def test_lookup_below_is_read_only_with_drafts():
+    from types import SimpleNamespace
+
+    from builders.ov_runtime import decoding_settings, split_decoding
+
+    settings = decoding_settings(SimpleNamespace(runtime={"decoding": {"num_assistant_tokens": 3, "lookup_below": 2}}))
+    assert settings == {"num_assistant_tokens": 3, "max_ngram_size": 3, "lookup_below": 2}
+    assert split_decoding(settings) == ({"num_assistant_tokens": 3, "max_ngram_size": 3}, 2)
+    # no drafts: nothing adaptive
+    assert decoding_settings(SimpleNamespace(runtime={"decoding": {"lookup_below": 2}})) == {}
+    assert split_decoding({}) == ({}, 0)
+
+
+async def test_adaptive_prompt_lookup_drafts_only_while_few_requests_run(ov_int8_engine, engines):
+    """``lookup_below``: a request that starts while fewer than that many run is drafted for (the
+    drafting pipeline), any other runs without drafts (the plain one); greedy replies are the same."""
+    import asyncio
+
+    from serving.engines import load_engine
+
+    off, on = engines
+    adaptive = load_engine(ov_int8_engine, name="adaptive", max_num_seqs=4, decoding={**LOOKUP, "lookup_below": 1})
+    try:
+        assert len(adaptive._pipes) == 2 and len(on._pipes) == 1
+        for i, question in enumerate([PARIS_QUESTION, COPY_ME]):  # one at a time: each is drafted for
+            plain, texts, _ = await reply(off, f"off-a{i}", question)
+            drafted, drafted_texts, _ = await reply(adaptive, f"ad-{i}", question)
+            assert drafted == plain and drafted_texts == texts
+        assert adaptive.routed == {"drafted": 2, "plain": 0}
+        # three at once: the first admitted is drafted for; the two that join it run without drafts
+        replies = await asyncio.gather(*[reply(adaptive, f"together-{i}", PARIS_QUESTION) for i in range(3)])
+        assert adaptive.routed == {"drafted": 3, "plain": 2}
+        assert all("Paris" in texts[0] for _, texts, _ in replies)
+        # sampled n > 1 is fanned out into one-choice requests, routed like any other
+        _, texts, _ = await reply(adaptive, "n2", PARIS_QUESTION, temperature=1.0, n=2, seed=5, logprobs=False)
+        assert sorted(texts) == [0, 1] and all(texts.values())
+        assert sum(adaptive.routed.values()) == 7
+        assert on.routed["plain"] == 0 and off.routed["drafted"] == 0
+    finally:
+        adaptive.close()
