@@ -99,29 +99,44 @@ class BareEngine:
         import numpy as np
         import openvino as ov
 
-        config = self._ov_genai.GenerationConfig()
-        config.update_generation_config(max_new_tokens=max_new_tokens, ignore_eos=True, do_sample=False,
-                                        **({} if self.lookup_pipe is not None else self.draft))
-        drafted = self._ov_genai.GenerationConfig()
-        drafted.update_generation_config(max_new_tokens=max_new_tokens, ignore_eos=True, do_sample=False,
-                                         **self.draft)
+        def make_config(tokens: int, draft: dict):
+            config = self._ov_genai.GenerationConfig()
+            config.update_generation_config(max_new_tokens=tokens, ignore_eos=True, do_sample=False, **draft)
+            return config
+
+        adaptive = self.lookup_pipe is not None
+        plain_config = make_config(max_new_tokens, {} if adaptive else self.draft)
+        drafted_config = make_config(max_new_tokens, self.draft)
         pipes = [p for p in (self.pipe, self.lookup_pipe) if p is not None]
         running = self._ov_genai.GenerationStatus.RUNNING
         t0 = time.perf_counter()
         queues = [list(p) for p in prompts]
-        active: dict[int, list] = {}  # worker -> [handle, start, first, tokens]
+        active: dict[int, list] = {}  # worker -> [handle, start, first, tokens, prompt ids, generated ids, drafted]
         done: list[tuple[float, float, int]] = []
 
-        def send(w: int) -> None:
-            if queues[w]:
-                ids = queues[w].pop(0)
-                lookup = self.lookup_pipe is not None and len(active) < self.lookup_below
-                pipe, cfg = (self.lookup_pipe, drafted) if lookup else (self.pipe, config)
-                handle = pipe.add_request(next(self._ids), ov.Tensor(np.asarray([ids], dtype=np.int64)), cfg)
-                active[w] = [handle, time.perf_counter(), None, 0]
+        def tensor(ids: list[int]):
+            return ov.Tensor(np.asarray([ids], dtype=np.int64))
+
+        def send(w: int, arriving: int = 1) -> None:
+            """As serving.engines.ov_loop admits: drafted while fewer than lookup_below run (counting the
+            ``arriving``); otherwise drafted requests move to the plain pipeline with their tokens so far."""
+            if not queues[w]:
+                return
+            ids = queues[w].pop(0)
+            drafting = adaptive and len(active) + arriving < self.lookup_below
+            if adaptive and not drafting:
+                for rec in active.values():
+                    if rec[6] and max_new_tokens - len(rec[5]) >= 1:
+                        rec[0].cancel()
+                        rec[0] = self.pipe.add_request(next(self._ids), tensor(rec[4] + rec[5]),
+                                                       make_config(max_new_tokens - len(rec[5]), {}))
+                        rec[6] = False
+            pipe, config = (self.lookup_pipe, drafted_config) if drafting else (self.pipe, plain_config)
+            active[w] = [pipe.add_request(next(self._ids), tensor(ids), config), time.perf_counter(), None, 0,
+                         list(ids), [], drafting]
 
         for w in range(len(queues)):
-            send(w)
+            send(w, arriving=len(queues) - w)  # all at once: admitted together
         while active:
             for pipe in pipes:
                 if pipe.has_non_finished_requests():
@@ -130,7 +145,10 @@ class BareEngine:
             for w, rec in list(active.items()):
                 handle = rec[0]
                 if handle.can_read():
-                    rec[3] += sum(len(o.generated_ids) for o in handle.read().values())
+                    for o in handle.read().values():
+                        rec[3] += len(o.generated_ids)
+                        if adaptive:
+                            rec[5].extend(o.generated_ids)
                     if rec[2] is None and rec[3]:
                         rec[2] = now - rec[1]
                 if handle.get_status() != running and not handle.can_read():

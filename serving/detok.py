@@ -28,6 +28,11 @@ class IncrementalDetokenizer:
     def token_count(self) -> int:
         return len(self._ids)
 
+    @property
+    def ids(self) -> tuple[int, ...]:
+        """Every id fed so far."""
+        return tuple(self._ids)
+
     def add(self, new_ids: Sequence[int]) -> str:
         """Feed new token ids; returns the text that is now safe to emit ("" if none)."""
         if self.stopped or not new_ids:

@@ -96,7 +96,8 @@ class OpenVINOEngine(StepLoop):
                     str(self.engine_dir), self._ov_tokenizer, lookup_sched, device, **self.properties,
                     prompt_lookup=True)
             self._pipes = [p for p in (self._pipe, self._lookup_pipe) if p is not None]
-            self.routed = {"drafted": 0, "plain": 0}  # requests admitted with prompt lookup and without
+            # requests admitted with prompt lookup and without; drafted ones moved to the plain pipeline
+            self.routed = {"drafted": 0, "plain": 0, "moved": 0}
         except Exception as exc:
             raise EngineLoadError(f"OpenVINO could not load the engine in {self.engine_dir}: {exc}",
                                   "check that `onramp build --backend openvino` made it and it is complete") from None

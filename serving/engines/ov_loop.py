@@ -8,8 +8,11 @@ incrementally and hands the deltas to each request's asyncio queue with one
 state (``_pipes``, ``_cond``, ``_incoming``, ``_aborts``, ``_active``, ``_dirty``, ``_closed``).
 
 With load-adaptive prompt lookup (``runtime.decoding.lookup_below``) the engine has two pipelines on
-the same weights: a request admitted while fewer than ``lookup_below`` requests run goes to the
-drafting one, any other to the plain one (it stays where it started); each iteration steps both.
+the same weights: a greedy, unconstrained request admitted while fewer than ``lookup_below``
+requests run (counting those being admitted) goes to the drafting one, any other to the plain one.
+When more arrive, the drafted requests move to the plain pipeline (cancelled there, re-added with
+their prompt and the tokens they have so far, greedy: the same tokens follow), so a full batch is
+one step of one pipeline, not two.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class _Req:
     logprobs: bool
     handle: Any = None
     done: bool = False
+    drafted: bool = False  # in the drafting pipeline (load-adaptive prompt lookup)
     copies: int = 1  # greedy n > 1: each delta of the one sequence is given out as n choices
     constraint: Constraint | None = None
     confirmed: bool = False  # produced output (so its grammar compiled)
@@ -80,6 +84,10 @@ class StepLoop:
                 incoming, self._incoming = self._incoming, []
                 aborts, self._aborts = self._aborts, set()
             out: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
+            drafting = self._lookup_pipe is not None and len(self._active) + len(incoming) < self._lookup_below
+            if self._lookup_pipe is not None and incoming and not drafting:
+                for req in [r for r in self._active.values() if r.drafted and r.rid not in aborts]:
+                    self._migrate(req, out)
             for req in incoming:
                 if req.rid in aborts:
                     aborts.discard(req.rid)
@@ -87,7 +95,7 @@ class StepLoop:
                     continue
                 try:
                     tensor = self._ov_tensor(req.input_ids)
-                    req.handle = self._route(req).add_request(req.rid, tensor, req.config)
+                    req.handle = self._route(req, drafting).add_request(req.rid, tensor, req.config)
                     self._active[req.rid] = req
                 except Exception as exc:  # noqa: BLE001 - reported to that request only
                     req.done = True
@@ -140,14 +148,41 @@ class StepLoop:
             except Exception:  # noqa: BLE001
                 log.debug("final cleanup step failed", exc_info=True)
 
-    def _route(self, req: _Req):
-        """The pipeline ``req`` joins: the drafting one while fewer than ``lookup_below`` requests run."""
-        if self._lookup_pipe is not None and len(self._active) < self._lookup_below:
+    def _route(self, req: _Req, drafting: bool):
+        """The pipeline ``req`` joins: the drafting one while few requests run (``drafting``), if it is
+        greedy and unconstrained (a sampled or grammar-bound request could not move without changing
+        what it produces)."""
+        if drafting and req.constraint is None and not req.config.do_sample:
             req.config.update_generation_config(**self._draft)
+            req.drafted = True
             self.routed["drafted"] += 1
             return self._lookup_pipe
         self.routed["drafted" if self._draft and self._lookup_pipe is None else "plain"] += 1
         return self._pipe
+
+    def _migrate(self, req: _Req, out) -> None:
+        """Move a drafted request to the plain pipeline: its prompt and the tokens it has become the
+        new prompt, for the tokens it has left (greedy: the same tokens follow)."""
+        choice = req.choices[0]
+        ids = choice.detok.ids
+        left = int(req.config.max_new_tokens) - len(ids)
+        if choice.done or left < 1 or req.handle is None:
+            return  # finishing anyway
+        handle, req.handle = req.handle, None
+        self._dirty = True
+        try:
+            handle.cancel()  # frees its blocks in the drafting pipeline at the next step
+            req.config.update_generation_config(num_assistant_tokens=0, max_ngram_size=0, max_new_tokens=left,
+                                                min_new_tokens=max(0, int(req.config.min_new_tokens) - len(ids)))
+            req.handle = self._pipe.add_request(req.rid, self._ov_tensor([*req.input_ids, *ids]), req.config)
+        except Exception as exc:  # noqa: BLE001 - reported to that request only
+            self._active.pop(req.rid, None)
+            req.done = True
+            out[req.loop].append((req.queue, RequestError(f"the engine could not move the request: {exc}")))
+            return
+        req.drafted = False
+        req.keys = {}
+        self.routed["moved"] += 1
 
     def _ov_tensor(self, ids: list[int]):
         import numpy as np

@@ -90,29 +90,45 @@ def test_lookup_below_is_read_only_with_drafts():
 
 
 async def test_adaptive_prompt_lookup_drafts_only_while_few_requests_run(ov_int8_engine, engines):
-    """``lookup_below``: a request that starts while fewer than that many run is drafted for (the
-    drafting pipeline), any other runs without drafts (the plain one); greedy replies are the same."""
+    """``lookup_below``: a greedy request that starts while fewer than that many run (counting itself)
+    is drafted for; when more arrive it moves to the plain pipeline (its tokens so far become its
+    prompt) and the newcomers run without drafts. Greedy replies are the model's own either way."""
     import asyncio
 
     from serving.engines import load_engine
 
     off, on = engines
-    adaptive = load_engine(ov_int8_engine, name="adaptive", max_num_seqs=4, decoding={**LOOKUP, "lookup_below": 1})
+    adaptive = load_engine(ov_int8_engine, name="adaptive", max_num_seqs=4, decoding={**LOOKUP, "lookup_below": 2})
     try:
         assert len(adaptive._pipes) == 2 and len(on._pipes) == 1
+        plain = {}
         for i, question in enumerate([PARIS_QUESTION, COPY_ME]):  # one at a time: each is drafted for
-            plain, texts, _ = await reply(off, f"off-a{i}", question)
+            plain[question] = await reply(off, f"off-a{i}", question)
             drafted, drafted_texts, _ = await reply(adaptive, f"ad-{i}", question)
-            assert drafted == plain and drafted_texts == texts
-        assert adaptive.routed == {"drafted": 2, "plain": 0}
-        # three at once: the first admitted is drafted for; the two that join it run without drafts
-        replies = await asyncio.gather(*[reply(adaptive, f"together-{i}", PARIS_QUESTION) for i in range(3)])
-        assert adaptive.routed == {"drafted": 3, "plain": 2}
-        assert all("Paris" in texts[0] for _, texts, _ in replies)
-        # sampled n > 1 is fanned out into one-choice requests, routed like any other
+            assert (drafted, drafted_texts) == plain[question][:2]
+        assert adaptive.routed == {"drafted": 2, "plain": 0, "moved": 0}
+        # two at once: neither is drafted for
+        both = await asyncio.gather(*[reply(adaptive, f"pair-{i}", PARIS_QUESTION) for i in range(2)])
+        assert adaptive.routed == {"drafted": 2, "plain": 2, "moved": 0}
+        assert all("Paris" in texts[0] for _, texts, _ in both)
+        # one drafted request running; two more arrive after its first tokens: it moves, they run plain
+        from serving.engine import ChatMessage
+
+        joined: list[asyncio.Task] = []
+        ids: list[int] = []
+        request = GenerationRequest(request_id="mover", messages=[ChatMessage("user", COPY_ME)],
+                                    sampling=SamplingParams(max_tokens=24, temperature=0.0, logprobs=True))
+        async for d in adaptive.stream(request):
+            ids.extend(lp.id for lp in d.logprobs or ())
+            if not joined:
+                joined = [asyncio.create_task(reply(adaptive, f"join-{i}", PARIS_QUESTION)) for i in range(2)]
+        assert ids == plain[COPY_ME][0][0]  # the same 24 tokens as without drafts, moved or not
+        assert all("Paris" in texts[0] for _, texts, _ in await asyncio.gather(*joined))
+        assert adaptive.routed == {"drafted": 3, "plain": 4, "moved": 1}
+        # sampled requests are never drafted for in the adaptive engine (they could not move unchanged)
         _, texts, _ = await reply(adaptive, "n2", PARIS_QUESTION, temperature=1.0, n=2, seed=5, logprobs=False)
         assert sorted(texts) == [0, 1] and all(texts.values())
-        assert sum(adaptive.routed.values()) == 7
+        assert adaptive.routed["drafted"] == 3
         assert on.routed["plain"] == 0 and off.routed["drafted"] == 0
     finally:
         adaptive.close()
