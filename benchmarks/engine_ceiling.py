@@ -18,6 +18,10 @@ change to onramp's serving code can meet it on this machine.
     .venv/bin/python benchmarks/engine_ceiling.py [--engine DIR] [--quant int8] [--concurrency 1,4,16]
         [--output-tokens 128] [--prompt-words 150] [--threads T] [--repeat 2]
         [--max-num-batched-tokens 1024] [--json FILE]
+    .venv/bin/python benchmarks/engine_ceiling.py --compare plain=DIR --compare other=DIR2 [--repeat 3]
+
+``--compare`` runs two or more engines (e.g. copies of one build with different runtimes) side by
+side on the same prompts, alternating, and prints each one's output tok/s over the first's.
 """
 
 from __future__ import annotations
@@ -193,6 +197,51 @@ def measure(engine_dir: Path, levels: list[int], *, output_tokens: int = 128, pr
     return best
 
 
+def compare(engines: dict[str, Path], levels: list[int], *, output_tokens: int = 128, prompt_words: int = 150,
+            threads: int | None = None, rounds: int = 3, progress=print) -> dict[str, dict[int, list[float]]]:
+    """Bare engines side by side on the same prompts, in an order that rotates and reverses every
+    level and round (so load drift hits all alike): ``{label: {concurrency: [output tok/s per round]}}``."""
+    from benchmarks.llamacpp_bench import per_worker_requests
+    from evals.stream import make_prompt
+
+    prompt_tokens = int(prompt_words * 1.3) + 1
+    bare = {label: BareEngine(path, threads=threads) for label, path in engines.items()}
+    for engine in bare.values():  # warm-up
+        engine.closed_loop([engine.chat_ids([make_prompt(980_000 + i, prompt_tokens)]) for i in range(2)], 4)
+    first = next(iter(bare.values()))
+    out: dict[str, dict[int, list[float]]] = {label: {c: [] for c in levels} for label in bare}
+    for r in range(rounds):
+        for c in levels:
+            prompts = [first.chat_ids([make_prompt(700_000 + 10_000 * r + 100 * c + 10 * w + i, prompt_tokens)
+                                       for i in range(per_worker_requests(c))]) for w in range(c)]
+            order = list(bare) if (r + c) % 2 == 0 else list(bare)[::-1]
+            order = order[r % len(order):] + order[:r % len(order)]
+            for label in order:
+                wall, rows = bare[label].closed_loop(prompts, output_tokens)
+                out[label][c].append(sum(n for _, _, n in rows) / wall)
+                progress(f"  round {r} c={c:<2} {label}: {out[label][c][-1]:.1f} output tok/s, "
+                         f"TTFT p50 {statistics.median(t for t, _, _ in rows) * 1000:.0f} ms")
+    return out
+
+
+def _ratio(mine: list[float], base: list[float]) -> float:
+    """Geometric mean of the per-round ratios."""
+    return statistics.geometric_mean([a / b for a, b in zip(mine, base, strict=True)])
+
+
+def describe_comparison(result: dict[str, dict[int, list[float]]]) -> list[str]:
+    labels = list(result)
+    base = labels[0]
+    lines = ["| concurrency | " + " | ".join(f"{label} out tok/s" for label in labels) + " | "
+             + " | ".join(f"{label} / {base}" for label in labels[1:]) + " |",
+             "|---" * (2 * len(labels)) + "|"]
+    for c in result[base]:
+        medians = [f"{statistics.median(result[label][c]):.1f}" for label in labels]
+        ratios = [f"{_ratio(result[label][c], result[base][c]):.3f}x" for label in labels[1:]]
+        lines.append(f"| {c} | " + " | ".join(medians + ratios) + " |")
+    return lines
+
+
 def _f(value: float | None, spec: str = ".1f") -> str:
     return "–" if value is None else format(value, spec)
 
@@ -220,10 +269,29 @@ def main() -> None:
                     help="other scheduler max_num_batched_tokens to try besides the engine's own (comma-separated; "
                          "'' for none)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--compare", action="append", default=[], metavar="LABEL=DIR",
+                    help="instead: these engines side by side (two or more; the first is the base), "
+                         "--repeat alternating rounds, ratios of output tok/s to the first's")
     args = ap.parse_args()
     levels = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
     if not levels or min(levels) < 1 or args.output_tokens < 2 or args.repeat < 1:
         ap.error("every --concurrency >= 1, --output-tokens >= 2 and --repeat >= 1 are needed")
+    if args.compare:
+        pairs = [item.partition("=") for item in args.compare]
+        engines = {label: Path(path) for label, _, path in pairs}
+        bad = [f"{label}={path}" for label, _, path in pairs
+               if not label or not (Path(path) / "manifest.json").is_file()]
+        if len(engines) < 2 or bad:
+            ap.error("--compare needs two or more LABEL=DIR, each an engine made by `onramp build`"
+                     + (f" (not one: {', '.join(bad)})" if bad else ""))
+        print(f"{len(engines)} engines side by side; {args.threads} threads; load average "
+              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+        result = compare(engines, levels, output_tokens=args.output_tokens, prompt_words=args.prompt_words,
+                         threads=args.threads, rounds=args.repeat, progress=lambda m: print(m, flush=True))
+        print("\n".join(describe_comparison(result)))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return
     if args.engine is None:
         from benchmarks.llamacpp_bench import reference_engine
 

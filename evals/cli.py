@@ -94,6 +94,9 @@ def tune_command(
     slo_ttft_s: float | None = typer.Option(None, "--slo-ttft-s", help="Absolute SLO: TTFT p50 at most this."),
     slo_decode: float | None = typer.Option(None, "--slo-decode-tok-s",
                                             help="Absolute SLO: per-stream decode p50 at least this (tok/s)."),
+    lookup_below: int = typer.Option(2, "--lookup-below", min=0,
+                                     help="Prompt lookup, when chosen, drafts only while fewer requests than "
+                                          "this run (load-adaptive); 0: drafts for every request."),
     write: bool = typer.Option(True, "--write/--no-write", help="Write the choice into the manifest."),
     out: Path | None = typer.Option(None, "--out", help="Write tune.json, tune.md and tune.png here."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -108,7 +111,8 @@ def tune_command(
         load = TuneLoad(rate=rate, requests=requests, input_tokens=input_tokens, output_tokens=output_tokens)
         report = tune(engine_dir, budget_s=budget_s, knobs=[k.strip() for k in knobs.split(",") if k.strip()]
                       if knobs else None, load=load, slo_ttft_s=slo_ttft_s, slo_decode_tok_s=slo_decode,
-                      write=write, out_dir=out, progress=lambda msg: typer.secho(msg, err=True))
+                      write=write, out_dir=out, lookup_below=lookup_below,
+                      progress=lambda msg: typer.secho(msg, err=True))
     except ValueError as err:  # pydantic: a load option out of range (an OnrampError goes to the root CLI)
         if isinstance(err, OnrampError):
             raise

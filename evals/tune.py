@@ -193,11 +193,28 @@ def _compare(stage: str, label: str, runtime: dict, samples: list[dict], base: l
     return m
 
 
+# prompt lookup as the tuner writes it: load-adaptive, drafting only while fewer requests than this run
+# (builders.ov_runtime, serving.engines.ov_loop); drafting always cost 0.83x output tok/s at c=16 on the bare
+# int8 f32-dq32 engine, adaptive 1.0x there and 1.39x at c=1 (README, Builders, "Tuning")
+LOOKUP_BELOW = 2
+
+
+def candidate_runtime(runtime: dict[str, dict[str, Any]], knob: str, value: Any,
+                      lookup_below: int = LOOKUP_BELOW) -> dict[str, dict[str, Any]]:
+    """``runtime`` with ``knob`` set to ``value``; prompt lookup on comes with ``lookup_below`` (0: drafts always)."""
+    out = with_value(runtime, knob, value)
+    if knob == "prompt_lookup":
+        out["decoding"].pop("lookup_below", None)
+        if value and lookup_below > 0:
+            out["decoding"]["lookup_below"] = int(lookup_below)
+    return out
+
+
 def tune(engine_dir: Path | str, *, budget_s: float = 120.0, knobs: list[str] | None = None,
          load: TuneLoad | None = None, min_gain: float = 0.02, slo_ttft_s: float | None = None,
          slo_decode_tok_s: float | None = None, ttft_tolerance: float = TTFT_TOLERANCE,
          decode_tolerance: float = DECODE_TOLERANCE, max_rounds: int = 6, write: bool = True,
-         out_dir: Path | None = None, cores: int | None = None,
+         out_dir: Path | None = None, cores: int | None = None, lookup_below: int = LOOKUP_BELOW,
          progress: Callable[[str], None] | None = None) -> TuneReport:
     """Measure the candidates, keep the best that beats the untuned runtime side by side (output
     tok/s ratio >= ``1 + min_gain``, SLOs met), write it into the manifest (unless ``write=False``);
@@ -227,7 +244,7 @@ def tune(engine_dir: Path | str, *, budget_s: float = 120.0, knobs: list[str] | 
     for knob, values in space.items():
         for value in values:
             label = f"c{len(configs)}"
-            configs[label], meta[label] = with_value(defaults, knob, value), (knob, value)
+            configs[label], meta[label] = candidate_runtime(defaults, knob, value, lookup_below), (knob, value)
     log_dir = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="onramp-tune-"))
     rows: list[Measured] = []
     winners: list[Measured] = []
@@ -251,7 +268,7 @@ def tune(engine_dir: Path | str, *, budget_s: float = 120.0, knobs: list[str] | 
     if winners:
         combined = defaults
         for w in winners:
-            combined = with_value(combined, w.knob, w.value)
+            combined = candidate_runtime(combined, w.knob, w.value, lookup_below)
         final["tuned"] = combined
         best = max(winners, key=lambda m: m.output_ratio)
         if len(winners) > 1:

@@ -124,6 +124,9 @@ def describe(runtime: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]]
         value = runtime.get(section, {}).get(key, _IMPLICIT.get(knob))
         if value != base.get(section, {}).get(key, _IMPLICIT.get(knob)):
             parts.append(f"{knob}={value}")
+    below = runtime.get("decoding", {}).get("lookup_below")
+    if below and below != base.get("decoding", {}).get("lookup_below"):
+        parts.append(f"lookup_below={below}")
     return ", ".join(parts)
 
 

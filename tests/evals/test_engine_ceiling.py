@@ -47,3 +47,30 @@ def test_ceiling_verdict_compares_the_bare_engine_with_llamacpp(capsys):
     assert "1.38x | – | – |" in lines["4"]  # no goal at c=4
     assert "4.00x | 3.0x | yes |" in lines["16"]  # 120 / 30 >= 3
     assert "(76% of bare)" in lines["1"] and "(83% of bare)" in lines["16"]
+
+
+def test_compare_runs_engines_side_by_side_and_models_adaptive_prompt_lookup(ov_int8_engine, tmp_path):
+    from builders.manifest import read_manifest
+    from benchmarks.engine_ceiling import compare, describe_comparison
+    from evals.tune import engine_copy
+
+    runtime = read_manifest(ov_int8_engine).runtime.model_dump()
+    runtime["decoding"] = {"num_assistant_tokens": 3, "max_ngram_size": 3, "lookup_below": 2}
+    adaptive = engine_copy(ov_int8_engine, runtime, tmp_path / "adaptive")
+    bare = BareEngine(adaptive, threads=1)
+    assert bare.lookup_pipe is not None and bare.lookup_below == 2
+    for workers in (1, 2):  # alone: drafted for; two at once: the plain pipeline
+        prompts = [bare.chat_ids([make_prompt(50 + w, 30)]) for w in range(workers)]
+        _, rows = bare.closed_loop(prompts, 6)
+        assert [n for _, _, n in rows] == [6] * workers
+    del bare
+    seen: list[str] = []
+    result = compare({"plain": ov_int8_engine, "adaptive": adaptive}, [1, 2], output_tokens=4, prompt_words=20,
+                     threads=1, rounds=2, progress=seen.append)
+    assert {k: {c: len(v) for c, v in levels.items()} for k, levels in result.items()} == {
+        "plain": {1: 2, 2: 2}, "adaptive": {1: 2, 2: 2}}
+    assert all(x > 0 for levels in result.values() for v in levels.values() for x in v)
+    assert len(seen) == 2 * 2 * 2
+    table = describe_comparison(result)
+    assert table[0].startswith("| concurrency | plain out tok/s | adaptive out tok/s | adaptive / plain |")
+    assert len(table) == 4 and table[2].startswith("| 1 | ")

@@ -36,6 +36,21 @@ def test_candidates_preserve_numerics_and_leave_out_the_current_value(engine):
     assert describe(with_value(runtime, "threads", 1), runtime) == "threads=1"
 
 
+def test_prompt_lookup_candidates_are_load_adaptive_unless_asked_otherwise(engine):
+    from builders.ov_runtime import decoding_settings
+    from evals.tune import LOOKUP_BELOW, candidate_runtime
+
+    runtime = read_manifest(engine).runtime.model_dump()
+    adaptive = candidate_runtime(runtime, "prompt_lookup", 3)
+    assert adaptive["decoding"] == {"num_assistant_tokens": 3, "lookup_below": LOOKUP_BELOW}
+    assert describe(adaptive, runtime) == f"prompt_lookup=3, lookup_below={LOOKUP_BELOW}"
+    assert candidate_runtime(runtime, "prompt_lookup", 3, lookup_below=0)["decoding"] == {"num_assistant_tokens": 3}
+    off = candidate_runtime(adaptive, "prompt_lookup", 0)
+    assert off["decoding"] == {"num_assistant_tokens": 0} and describe(off, runtime) == ""
+    copy = engine_copy(engine, adaptive, engine.parent / "adaptive")  # what the server reads back
+    assert decoding_settings(copy) == {"num_assistant_tokens": 3, "max_ngram_size": 3, "lookup_below": LOOKUP_BELOW}
+
+
 def test_an_unknown_knob_is_refused_by_name(engine):
     with pytest.raises(BenchError, match="unknown knob.*warp_drive"):
         tune(engine, knobs=["warp_drive"])
