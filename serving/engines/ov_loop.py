@@ -8,7 +8,7 @@ incrementally and hands the deltas to each request's asyncio queue with one
 state (``_pipes``, ``_cond``, ``_incoming``, ``_aborts``, ``_active``, ``_dirty``, ``_closed``).
 
 With load-adaptive prompt lookup (``runtime.decoding.lookup_below``) the engine has two pipelines on
-the same weights: a greedy, unconstrained request admitted while fewer than ``lookup_below``
+the same weights: a greedy, unconstrained, unpenalized request admitted while fewer than ``lookup_below``
 requests run (counting those being admitted) goes to the drafting one, any other to the plain one.
 When more arrive, the drafted requests move to the plain pipeline (cancelled there, re-added with
 their prompt and the tokens they have so far, greedy: the same tokens follow), so a full batch is
@@ -150,9 +150,13 @@ class StepLoop:
 
     def _route(self, req: _Req, drafting: bool):
         """The pipeline ``req`` joins: the drafting one while few requests run (``drafting``), if it is
-        greedy and unconstrained (a sampled or grammar-bound request could not move without changing
-        what it produces)."""
-        if drafting and req.constraint is None and not req.config.do_sample:
+        greedy, unconstrained and without penalties (a sampled, grammar-bound or penalized request
+        could not move without changing what it produces: its RNG, grammar state or the counts of
+        its own tokens would start over)."""
+        config = req.config
+        movable = (req.constraint is None and not config.do_sample and not config.presence_penalty
+                   and not config.frequency_penalty and config.repetition_penalty == 1.0)
+        if drafting and movable:
             req.config.update_generation_config(**self._draft)
             req.drafted = True
             self.routed["drafted"] += 1

@@ -129,6 +129,8 @@ async def test_adaptive_prompt_lookup_drafts_only_while_few_requests_run(ov_int8
         _, texts, _ = await reply(adaptive, "n2", PARIS_QUESTION, temperature=1.0, n=2, seed=5, logprobs=False)
         assert sorted(texts) == [0, 1] and all(texts.values())
         assert adaptive.routed["drafted"] == 3
+        await reply(adaptive, "penalized", PARIS_QUESTION, presence_penalty=0.5)  # its token counts could not move
+        assert adaptive.routed["drafted"] == 3
         assert on.routed["plain"] == 0 and off.routed["drafted"] == 0
     finally:
         adaptive.close()
