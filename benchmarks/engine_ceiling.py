@@ -56,7 +56,8 @@ class BareEngine:
     def __init__(self, engine_dir: Path, *, threads: int | None = None, scheduler: dict | None = None):
         import openvino_genai as ov_genai
 
-        from builders.ov_runtime import decoding_settings, load_properties, scheduler_settings
+        from builders.ov_runtime import decoding_settings, load_properties, scheduler_settings, split_decoding
+        from serving.engines.ov_pipelines import load_pipelines, scheduler_config
 
         self.engine_dir = Path(engine_dir)
         self.properties = load_properties(self.engine_dir)
@@ -64,26 +65,14 @@ class BareEngine:
         if threads:
             self.properties["INFERENCE_NUM_THREADS"] = int(threads)
         self.scheduler = {**scheduler_settings(self.engine_dir), **(scheduler or {})}
-        sched = ov_genai.SchedulerConfig()
-        for key, value in self.scheduler.items():
-            setattr(sched, key, value)
-        self.batched_tokens = int(sched.max_num_batched_tokens)  # as loaded (OpenVINO's default unless set)
+        # as loaded (OpenVINO's default unless set)
+        self.batched_tokens = int(scheduler_config(ov_genai, self.scheduler).max_num_batched_tokens)
         self.tokenizer = ov_genai.Tokenizer(str(self.engine_dir))
-        from builders.ov_runtime import split_decoding
-
         # as the server loads it: with lookup_below, a drafting pipeline for requests that start while
         # fewer than that run, beside the plain one (serving.engines.ov_loop)
         self.draft, self.lookup_below = split_decoding(self.decoding)
-        self.pipe = ov_genai.ContinuousBatchingPipeline(
-            str(self.engine_dir), self.tokenizer, sched, "CPU", **self.properties,
-            **({"prompt_lookup": True} if self.draft and not self.lookup_below else {}))
-        self.lookup_pipe = None
-        if self.lookup_below:
-            lookup_sched = ov_genai.SchedulerConfig()
-            for key, value in {**self.scheduler, "max_num_seqs": self.lookup_below}.items():
-                setattr(lookup_sched, key, value)
-            self.lookup_pipe = ov_genai.ContinuousBatchingPipeline(
-                str(self.engine_dir), self.tokenizer, lookup_sched, "CPU", **self.properties, prompt_lookup=True)
+        self.pipe, self.lookup_pipe = load_pipelines(ov_genai, str(self.engine_dir), self.tokenizer, self.scheduler,
+                                                     "CPU", self.properties, self.draft, self.lookup_below)
         self._ov_genai = ov_genai
         self._ids = iter(range(1 << 30))
         from tokenizers import Tokenizer
@@ -273,6 +262,8 @@ def main() -> None:
                     help="instead: these engines side by side (two or more; the first is the base), "
                          "--repeat alternating rounds, ratios of output tok/s to the first's")
     args = ap.parse_args()
+    from onramp.files import write_text_atomic
+
     levels = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
     if not levels or min(levels) < 1 or args.output_tokens < 2 or args.repeat < 1:
         ap.error("every --concurrency >= 1, --output-tokens >= 2 and --repeat >= 1 are needed")
@@ -281,16 +272,16 @@ def main() -> None:
         engines = {label: Path(path) for label, _, path in pairs}
         bad = [f"{label}={path}" for label, _, path in pairs
                if not label or not (Path(path) / "manifest.json").is_file()]
-        if len(engines) < 2 or bad:
-            ap.error("--compare needs two or more LABEL=DIR, each an engine made by `onramp build`"
-                     + (f" (not one: {', '.join(bad)})" if bad else ""))
+        if len(engines) < 2 or len(engines) < len(pairs) or bad:
+            ap.error("--compare needs two or more LABEL=DIR with different labels, each an engine made by "
+                     "`onramp build`" + (f" (not one: {', '.join(bad)})" if bad else ""))
         print(f"{len(engines)} engines side by side; {args.threads} threads; load average "
               f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
         result = compare(engines, levels, output_tokens=args.output_tokens, prompt_words=args.prompt_words,
                          threads=args.threads, rounds=args.repeat, progress=lambda m: print(m, flush=True))
         print("\n".join(describe_comparison(result)))
         if args.json:
-            args.json.write_text(json.dumps(result, indent=2))
+            write_text_atomic(args.json, json.dumps(result, indent=2))
         return
     if args.engine is None:
         from benchmarks.llamacpp_bench import reference_engine
@@ -306,7 +297,7 @@ def main() -> None:
                      progress=lambda m: print(m, flush=True))
     print("\n".join(describe(result)))
     if args.json:
-        args.json.write_text(json.dumps({c: asdict(v) for c, v in result.items()}, indent=2))
+        write_text_atomic(args.json, json.dumps({c: asdict(v) for c, v in result.items()}, indent=2))
 
 
 if __name__ == "__main__":

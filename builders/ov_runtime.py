@@ -157,7 +157,8 @@ PROMPT_LOOKUP_NGRAM = 3
 # ``lookup_below`` (N > 0) makes it load-adaptive: a new request is drafted for only while fewer than N
 # requests are running; the others go to a second pipeline on the same weights without drafts, so a
 # lone stream gets the drafts and a full batch does not pay for checking them (the engine then holds
-# two KV caches). 0 or absent: every request is drafted for.
+# two pipelines; drafted requests move to the plain one when more arrive). 0 or absent: every request
+# is drafted for.
 
 
 def decoding_settings(manifest_or_dir: Any) -> dict[str, int]:

@@ -66,6 +66,7 @@ class OpenVINOEngine(StepLoop):
         try:
             self._ov_tokenizer = ov_genai.Tokenizer(str(self.engine_dir))
             from builders.ov_runtime import decoding_settings, load_properties, scheduler_settings, split_decoding
+            from serving.engines.ov_pipelines import load_pipelines
 
             # the manifest's runtime, never the device's defaults (bf16 on some CPUs changes answers)
             self.properties = dict(properties) if properties is not None else load_properties(self.engine_dir, device)
@@ -77,24 +78,12 @@ class OpenVINOEngine(StepLoop):
             if max_num_batched_tokens:
                 sched_fields["max_num_batched_tokens"] = max_num_batched_tokens
             sched_fields["max_num_seqs"] = int(max_num_seqs)
-            sched = ov_genai.SchedulerConfig()
-            for key, value in sched_fields.items():
-                if value is not None:
-                    setattr(sched, key, value)
             # the GenerationConfig fields of a drafted request; lookup_below > 0: only while fewer run
             self._draft, self._lookup_below = split_decoding(self.decoding)
-            self._pipe = ov_genai.ContinuousBatchingPipeline(
-                str(self.engine_dir), self._ov_tokenizer, sched, device, **self.properties,
-                **({"prompt_lookup": True} if self._draft and not self._lookup_below else {}))
-            self._lookup_pipe = None  # load-adaptive prompt lookup: the drafting pipeline beside the plain one
-            if self._lookup_below:
-                lookup_sched = ov_genai.SchedulerConfig()
-                for key, value in {**sched_fields, "max_num_seqs": self._lookup_below}.items():
-                    if value is not None:
-                        setattr(lookup_sched, key, value)
-                self._lookup_pipe = ov_genai.ContinuousBatchingPipeline(
-                    str(self.engine_dir), self._ov_tokenizer, lookup_sched, device, **self.properties,
-                    prompt_lookup=True)
+            # with lookup_below, the drafting pipeline beside the plain one (load-adaptive prompt lookup)
+            self._pipe, self._lookup_pipe = load_pipelines(ov_genai, str(self.engine_dir), self._ov_tokenizer,
+                                                           sched_fields, device, self.properties, self._draft,
+                                                           self._lookup_below)
             self._pipes = [p for p in (self._pipe, self._lookup_pipe) if p is not None]
             # requests admitted with prompt lookup and without; drafted ones moved to the plain pipeline
             self.routed = {"drafted": 0, "plain": 0, "moved": 0}
