@@ -435,7 +435,9 @@ def main() -> None:
     for pair in ceilings:
         print_ceiling(pair, GGUF_TYPE[pair], report[pair], ceilings[pair])
     if args.json:
-        args.json.write_text(json.dumps({"pairs": report, "missed": missed, "ceilings": {
+        from onramp.files import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps({"pairs": report, "missed": missed, "ceilings": {
             p: {c: asdict(v) for c, v in lv.items()} for p, lv in ceilings.items()}, "args": {
             k: str(v) for k, v in vars(args).items()}}, indent=2, default=lambda o: asdict(o)))
 

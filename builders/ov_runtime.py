@@ -24,8 +24,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 __all__ = ["CPU_LOAD_DEFAULTS", "DEFAULT_PROPERTIES", "DEFAULT_SCHEDULER", "PRECISION_ENV", "PRECISIONS",
-           "PROMPT_LOOKUP_NGRAM", "decoding_settings", "default_runtime", "load_properties", "parse_precision",
-           "precision_override", "scheduler_settings", "split_decoding"]
+           "PROMPT_LOOKUP_NGRAM", "PROMPT_LOOKUP_TOKENS", "decoding_settings", "default_runtime", "load_properties",
+           "parse_precision", "precision_override", "scheduler_settings", "split_decoding"]
 
 PRECISION_ENV = "ONRAMP_OPENVINO_PRECISION"
 PRECISIONS = ("f32", "bf16", "f16")
@@ -151,6 +151,10 @@ def scheduler_settings(manifest_or_dir: Any) -> dict[str, Any]:
 # what a step costs (every sequence is checked with num_assistant_tokens + 1 tokens each step, found or
 # not). A speed knob, chosen by measurement (evals.tune), off unless the manifest says.
 PROMPT_LOOKUP_NGRAM = 3
+# the drafts the tuner tries (openvino-genai's own sample uses 5 and 3): on the bare int8 f32-dq32 engine at
+# c=1, 5 drafts made 1.08x, 1.11x and 1.13x the output tok/s of 3 in three side-by-side runs
+# (benchmarks/engine_ceiling.py --compare, 4-10 rounds); 7 made 0.96x, and an n-gram of 2 0.95x
+PROMPT_LOOKUP_TOKENS = 5
 
 
 #

@@ -66,6 +66,7 @@ def candidate_values(engine_dir: Path, runtime: dict[str, dict[str, Any]], *, co
                      ) -> dict[str, list[Any]]:
     """Per knob, the values to try besides the current one (numerics-preserving settings only)."""
     from builders.manifest import read_manifest
+    from builders.ov_runtime import PROMPT_LOOKUP_TOKENS
 
     cores = cores or os.cpu_count() or 1
     current = {k: runtime.get(s, {}).get(key, implicit(k)) for k, (s, key) in KNOBS.items()}
@@ -76,7 +77,7 @@ def candidate_values(engine_dir: Path, runtime: dict[str, dict[str, Any]], *, co
         "dynamic_split_fuse": [True, False],
         "prefix_caching": [True, False],
         "cache_size": [v] if (v := _kv_cache_gb(engine_dir, read_manifest(engine_dir))) else [],
-        "prompt_lookup": [0, 3],  # draft tokens per step (0: off)
+        "prompt_lookup": [0, PROMPT_LOOKUP_TOKENS],  # draft tokens per step (0: off)
     }
     return {k: [v for v in vals if v != current[k]] for k, vals in space.items()}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from builders.manifest import MANIFEST, read_manifest, verify_files
+from builders.ov_runtime import PROMPT_LOOKUP_TOKENS
 from evals.errors import BenchError
 from evals.tune import KNOBS, TuneLoad, candidate_values, describe, engine_copy, save_report, tune, with_value
 
@@ -30,7 +31,7 @@ def test_candidates_preserve_numerics_and_leave_out_the_current_value(engine):
     assert space["cpu_pinning"] == [True]  # unpinned is what a CPU load uses when the manifest says nothing
     assert space["dynamic_split_fuse"] == [not runtime["scheduler"]["dynamic_split_fuse"]]
     assert 256 not in space["max_num_batched_tokens"]  # openvino's default when the manifest says nothing
-    assert space["prompt_lookup"] == [3]  # off (0) is what a load does when the manifest says nothing
+    assert space["prompt_lookup"] == [PROMPT_LOOKUP_TOKENS]  # off (0): what a load does when the manifest says nothing
     assert all(section in ("properties", "scheduler", "decoding") for section, _ in KNOBS.values())
     assert not {"INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION"} & {key for _, key in KNOBS.values()}
     assert describe(with_value(runtime, "threads", 1), runtime) == "threads=1"
