@@ -86,6 +86,17 @@ class BareEngine:
                  for p in prompts]
         return [self._hf.encode(t, add_special_tokens=False).ids for t in texts]
 
+    def worker_prompts(self, concurrency: int, per_worker: int, index, prompt_tokens: int) -> list[list[list[int]]]:
+        """Each worker's prompts as chat token ids; ``index(worker, i)`` numbers them for ``make_prompt``."""
+        from evals.stream import make_prompt
+
+        return [self.chat_ids([make_prompt(index(w, i), prompt_tokens) for i in range(per_worker)])
+                for w in range(concurrency)]
+
+    def warm_up(self, prompt_tokens: int) -> None:
+        """Two short requests at once: the first steps compile kernels and allocate the cache."""
+        self.closed_loop(self.worker_prompts(2, 1, lambda w, i: 980_000 + w, prompt_tokens), 4)
+
     def closed_loop(self, prompts: list[list[list[int]]], max_new_tokens: int
                     ) -> tuple[float, list[tuple[float, float, int]]]:
         """Closed loop: worker ``w`` sends ``prompts[w]`` one after another, each when its last one
@@ -152,13 +163,16 @@ class BareEngine:
         return time.perf_counter() - t0, done
 
 
+def decode_rates(rows: list[tuple[float, float, int]]) -> list[float]:
+    """Per request of ``BareEngine.closed_loop``'s rows: tokens after the first per second after it."""
+    return [(n - 1) / (total - ttft) for ttft, total, n in rows if n > 1 and total > ttft]
+
+
 def measure(engine_dir: Path, levels: list[int], *, output_tokens: int = 128, prompt_words: int = 150,
             threads: int | None = None, repeat: int = 2, batched_tokens: list[int] | None = None,
             requests_per_worker=None, progress=print) -> dict[int, Level]:
     """The bare engine on the benchmark's workload at each concurrency (closed loops, the fastest of
     ``repeat`` runs and of the scheduler's ``max_num_batched_tokens`` values tried)."""
-    from evals.stream import make_prompt
-
     if requests_per_worker is None:
         from benchmarks.llamacpp_bench import per_worker_requests as requests_per_worker
     from builders.ov_runtime import scheduler_settings
@@ -170,13 +184,14 @@ def measure(engine_dir: Path, levels: list[int], *, output_tokens: int = 128, pr
         engine = None  # free the last pipeline before compiling the next
         engine = BareEngine(engine_dir, threads=threads,
                             scheduler=None if mnbt is None else {"max_num_batched_tokens": mnbt})
-        engine.closed_loop([engine.chat_ids([make_prompt(980_000 + i, prompt_tokens)]) for i in range(2)], 4)
+        engine.warm_up(prompt_tokens)
         for c in levels:
             for r in range(repeat):
-                prompts = [engine.chat_ids([make_prompt(800_000 + 10_000 * r + 100 * c + 10 * w + i, prompt_tokens)
-                                            for i in range(requests_per_worker(c))]) for w in range(c)]
+                prompts = engine.worker_prompts(c, requests_per_worker(c),
+                                                lambda w, i, r=r, c=c: 800_000 + 10_000 * r + 100 * c + 10 * w + i,
+                                                prompt_tokens)
                 wall, rows = engine.closed_loop(prompts, output_tokens)
-                decode = [(n - 1) / (total - ttft) for ttft, total, n in rows if n > 1 and total > ttft]
+                decode = decode_rates(rows)
                 level = Level(c, sum(n for _, _, n in rows) / wall, engine.batched_tokens,
                               statistics.median(t for t, _, _ in rows), statistics.median(decode) if decode else None)
                 progress(f"  bare engine c={c:<2} max_num_batched_tokens={level.max_num_batched_tokens}: "
@@ -192,18 +207,18 @@ def compare(engines: dict[str, Path], levels: list[int], *, output_tokens: int =
     """Bare engines side by side on the same prompts, in an order that rotates and reverses every
     level and round (so load drift hits all alike): ``{label: {concurrency: [output tok/s per round]}}``."""
     from benchmarks.llamacpp_bench import per_worker_requests
-    from evals.stream import make_prompt
 
     prompt_tokens = int(prompt_words * 1.3) + 1
     bare = {label: BareEngine(path, threads=threads) for label, path in engines.items()}
-    for engine in bare.values():  # warm-up
-        engine.closed_loop([engine.chat_ids([make_prompt(980_000 + i, prompt_tokens)]) for i in range(2)], 4)
+    for engine in bare.values():
+        engine.warm_up(prompt_tokens)
     first = next(iter(bare.values()))
     out: dict[str, dict[int, list[float]]] = {label: {c: [] for c in levels} for label in bare}
     for r in range(rounds):
         for c in levels:
-            prompts = [first.chat_ids([make_prompt(700_000 + 10_000 * r + 100 * c + 10 * w + i, prompt_tokens)
-                                       for i in range(per_worker_requests(c))]) for w in range(c)]
+            prompts = first.worker_prompts(c, per_worker_requests(c),
+                                           lambda w, i, r=r, c=c: 700_000 + 10_000 * r + 100 * c + 10 * w + i,
+                                           prompt_tokens)
             order = list(bare) if (r + c) % 2 == 0 else list(bare)[::-1]
             order = order[r % len(order):] + order[:r % len(order)]
             for label in order:

@@ -238,14 +238,13 @@ def per_worker_requests(concurrency: int) -> int:
 def bare_level(bare, concurrency: int, round_index: int, *, output_tokens: int, prompt_tokens: int) -> LevelResult:
     """The bare engine (``engine_ceiling.BareEngine``) on exactly the prompts both servers get at this
     level and round, in the same closed loops."""
-    from evals.stream import make_prompt
+    from benchmarks.engine_ceiling import decode_rates
 
-    prompts = [bare.chat_ids([make_prompt(prompt_index(round_index, concurrency, w, i), prompt_tokens)
-                              for i in range(per_worker_requests(concurrency))]) for w in range(concurrency)]
+    prompts = bare.worker_prompts(concurrency, per_worker_requests(concurrency),
+                                  lambda w, i: prompt_index(round_index, concurrency, w, i), prompt_tokens)
     wall, rows = bare.closed_loop(prompts, output_tokens)
     return LevelResult(output_tok_s=sum(n for _, _, n in rows) / wall if wall > 0 else None,
-                       ttfts=[ttft for ttft, _, _ in rows],
-                       decode=[(n - 1) / (total - ttft) for ttft, total, n in rows if n > 1 and total > ttft],
+                       ttfts=[ttft for ttft, _, _ in rows], decode=decode_rates(rows),
                        output_tokens=[n for _, _, n in rows])
 
 
@@ -321,6 +320,12 @@ def _f(v, spec=".1f") -> str:
     return "–" if v is None else format(v, spec)
 
 
+def _ratio(x: dict) -> str:
+    """``1.10x [0.95, 1.27]`` from a ``{"ratio", "lo", "hi"}`` of :func:`summarize`."""
+    interval = f" [{_f(x['lo'], '.2f')}, {_f(x['hi'], '.2f')}]" if x["lo"] is not None else ""
+    return f"{_f(x['ratio'], '.2f')}x{interval}"
+
+
 def print_table(pair: str, gguf_type: str, rows: list[dict]) -> list[str]:
     """Prints the pair's table; returns the goals it misses."""
     print(f"\n### onramp {pair} vs llama.cpp {gguf_type}\n")
@@ -330,11 +335,10 @@ def print_table(pair: str, gguf_type: str, rows: list[dict]) -> list[str]:
     missed = []
     for row in rows:
         o, lc, q, t = row["onramp"], row["llama.cpp"], row["output_tok_s_ratio"], row["ttft_p50_s_ratio"]
-        interval = f"[{_f(q['lo'], '.2f')}, {_f(q['hi'], '.2f')}]" if q["lo"] is not None else ""
         ttft = f"{_f(o['ttft_p50_s'] and o['ttft_p50_s'] * 1000, '.0f')} ms / " \
                f"{_f(lc['ttft_p50_s'] and lc['ttft_p50_s'] * 1000, '.0f')} ms"
         print(f"| {row['concurrency']} | {_f(o['output_tok_s'])} | {_f(lc['output_tok_s'])} | "
-              f"{_f(q['ratio'], '.2f')}x {interval} | {ttft} | {_f(t['ratio'], '.2f')}x | "
+              f"{_ratio(q)} | {ttft} | {_f(t['ratio'], '.2f')}x | "
               f"{_f(o['decode_tok_s_p50'])} / {_f(lc['decode_tok_s_p50'])} tok/s | "
               f"{_f(o['mean_output_tokens'], '.0f')} / {_f(lc['mean_output_tokens'], '.0f')} |")
         goal = GOALS.get(row["concurrency"])
@@ -361,12 +365,8 @@ def print_ceiling(pair: str, gguf_type: str, rows: list[dict]) -> None:
         c, q, s = row["concurrency"], row["bare_ratio"], row["server_of_bare"]
         goal = GOALS.get(c)
         reach = "–" if goal is None or q["ratio"] is None else ("yes" if q["ratio"] >= goal else "no")
-
-        def interval(x):
-            return f"{_f(x['ratio'], '.2f')}x" + (f" [{_f(x['lo'], '.2f')}, {_f(x['hi'], '.2f')}]"
-                                                  if x["lo"] is not None else "")
-        print(f"| {c} | {_f(row[BARE]['output_tok_s'])} | {_f(row['llama.cpp']['output_tok_s'])} | {interval(q)} | "
-              f"{f'{goal}x' if goal else '–'} | {reach} | {interval(s)} |")
+        print(f"| {c} | {_f(row[BARE]['output_tok_s'])} | {_f(row['llama.cpp']['output_tok_s'])} | {_ratio(q)} | "
+              f"{f'{goal}x' if goal else '–'} | {reach} | {_ratio(s)} |")
 
 
 def run_pair(pair: str, engine: Path, server_bin: Path, gguf: Path, levels: list[int], args, log_dir: Path
@@ -386,10 +386,9 @@ def run_pair(pair: str, engine: Path, server_bin: Path, gguf: Path, levels: list
         bare = None
         if args.ceiling:
             from benchmarks.engine_ceiling import BareEngine
-            from evals.stream import make_prompt
 
             bare = BareEngine(served, threads=threads)  # what the server loads, in this process
-            bare.closed_loop([bare.chat_ids([make_prompt(980_000 + i, prompt_tokens)]) for i in range(2)], 4)
+            bare.warm_up(prompt_tokens)
         t0 = time.monotonic()
 
         def progress(r, c, order, row):
